@@ -1,0 +1,253 @@
+"""The node's parameters: one schema, one YAML file, read by the ROS node and by the CLI alike.
+
+``config/detect.yaml`` holds the values in the ROS ``/**: ros__parameters:`` layout (nested keys become
+dotted parameter names, exactly as ``ros2 run ... --params-file`` flattens them). The schema below gives
+each parameter its type, description, range and whether it may change at run time; the rclpy node
+declares its parameters from it, the CLI validates the same file with it, and the README table is
+generated from it (``python -m keygrid_ros.params --markdown``), so the three can not drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+import math
+import os
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One declared parameter (mirrors rcl_interfaces/ParameterDescriptor)."""
+
+    name: str
+    default: Any
+    description: str
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] = ()
+    read_only: bool = False
+    #: For list parameters: the exact length required.
+    length: int | None = None
+
+    @property
+    def type(self) -> type:
+        return type(self.default)
+
+    def check(self, value: Any) -> str | None:
+        """Return why ``value`` is not acceptable for this parameter, or None when it is."""
+        expected = self.type
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # ROS YAML writes 1 for 1.0; rclpy would reject it, we are kinder.
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            return f'{self.name}: expected {expected.__name__}, got {type(value).__name__} ({value!r})'
+        if expected is float and not math.isfinite(value):
+            return f'{self.name}: must be finite, got {value!r}'
+        if expected in (int, float):
+            if self.min is not None and value < self.min:
+                return f'{self.name}: {value!r} is below the minimum {self.min}'
+            if self.max is not None and value > self.max:
+                return f'{self.name}: {value!r} is above the maximum {self.max}'
+        if self.choices and value not in self.choices:
+            return f'{self.name}: {value!r} is not one of {list(self.choices)}'
+        if expected is list:
+            if self.length is not None and len(value) != self.length:
+                return f'{self.name}: expected {self.length} values, got {len(value)}'
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                       for v in value):
+                return f'{self.name}: expected finite numbers, got {value!r}'
+        return None
+
+
+def _p(name, default, description, **kw) -> ParamSpec:
+    return ParamSpec(name, default, description, **kw)
+
+
+#: Every parameter of the detector node, in the order the README lists them.
+DETECT_PARAMS: tuple[ParamSpec, ...] = (
+    # --- model (read-only: changing them means restarting the node) ---
+    _p('model_path', 'models/keygrid_tshirt.safetensors',
+       'Model file (safetensors). A relative path resolves against the package share folder '
+       '(share/keygrid_ros), then the current directory.', read_only=True),
+    _p('model_type', 'keygrid', 'Which network the model file holds: the Key-Grid encoder, or the '
+       'SE(3)-invariant USEEK SPRIN student.', choices=('keygrid', 'useek'), read_only=True),
+    _p('device', 'auto', "Inference device: 'auto' uses the GPU when torch sees one and the CPU "
+       "otherwise (with a warning), or an explicit torch device such as 'cpu' or 'cuda:0'.",
+       read_only=True),
+    _p('hard_keypoints', True, 'Snap each keypoint to the input point of largest weight (the '
+       'released Key-Grid test mode); false gives the soft weighted mean.', read_only=True),
+    # --- frames and timing ---
+    _p('target_frame', '', 'Frame the cloud is transformed into before cropping, and the frame of '
+       'every output. Empty = stay in the cloud frame. Set it to base_link for grasp planners.'),
+    _p('tf_timeout_s', 0.2, 'How long to wait for the cloud frame -> target_frame transform at the '
+       "cloud's stamp.", min=0.0, max=5.0),
+    _p('max_age_s', 0.5, 'Clouds older than this (stamp vs. clock) when processing starts are '
+       'dropped. 0 disables the check (use it when replaying bags without sim time).',
+       min=0.0, max=60.0),
+    _p('smoothing', 0.0, 'Exponential smoothing of keypoints over frames: 0 = none, 0.9 = heavy. '
+       'Reset whenever the garment is lost.', min=0.0, max=0.99),
+    _p('publish_markers', True, 'Publish ~/markers (MarkerArray) for RViz.'),
+    _p('publish_cropped_points', False, 'Publish ~/cropped_points, the model input cloud in the '
+       'target frame (debugging; costs bandwidth).'),
+    _p('publish_tf', False, 'Broadcast one TF frame per keypoint (keygrid_kp_<i>), child of the '
+       'output frame.'),
+    # --- preprocessing: crop box in the target frame ---
+    _p('crop.enabled', True, 'Crop the cloud to an axis-aligned box in the target frame.'),
+    _p('crop.min', [-0.6, -0.6, -0.2], 'Lower corner (x, y, z) of the workspace box, metres, '
+       'target frame. Points below it on any axis are removed.', length=3),
+    _p('crop.max', [0.6, 0.6, 1.5], 'Upper corner (x, y, z) of the workspace box, metres, target '
+       'frame. Points above it on any axis are removed.', length=3),
+    _p('voxel_size', 0.004, 'Voxel grid leaf size in metres applied after cropping (one averaged '
+       'point per voxel) to bound the cost of the later stages. 0 disables.', min=0.0, max=0.05),
+    # --- table removal ---
+    _p('table.enabled', True, 'Find the dominant plane (the table) by RANSAC and remove it.'),
+    _p('table.distance_threshold', 0.006, 'Points closer than this to the plane (metres) are '
+       'table points. Keep it below the garment thickness plus sensor noise.', min=0.0005, max=0.1),
+    _p('table.iterations', 256, 'RANSAC hypotheses.', min=8, max=10000),
+    _p('table.min_inlier_ratio', 0.1, 'A plane must explain at least this fraction of the cropped '
+       'points to count as the table.', min=0.0, max=1.0),
+    _p('table.remove_below', True, 'Also drop points on the far side of the table from the sensor '
+       '(reflections and noise under the table).'),
+    _p('table.max_tilt_deg', 0.0, "If > 0, only accept planes whose normal is within this angle of "
+       "the target frame's z axis (use with a z-up target frame such as base_link).",
+       min=0.0, max=90.0),
+    # --- garment isolation ---
+    _p('cluster.enabled', True, 'Keep one Euclidean cluster: the garment.'),
+    _p('cluster.tolerance', 0.015, 'Points closer than this (metres) belong to the same cluster.',
+       min=0.001, max=0.2),
+    _p('cluster.min_points', 200, 'Smallest cluster accepted as a garment (points after voxelising).',
+       min=1, max=1000000),
+    _p('cluster.select', 'largest', "Which cluster is the garment: 'largest', or 'nearest_center' "
+       '(the one whose centroid is nearest the crop box centre).',
+       choices=('largest', 'nearest_center')),
+    # --- model input ---
+    _p('num_points', 2048, 'Points fed to the model, chosen by farthest point sampling (kept in FPS '
+       'order). Must match the model file.', min=16, max=65536, read_only=True),
+    _p('min_points', 256, 'Give up on a frame (and say so) when fewer points than this remain after '
+       'isolation.', min=16, max=1000000),
+)
+
+PARAMS_BY_NAME: dict[str, ParamSpec] = {spec.name: spec for spec in DETECT_PARAMS}
+
+
+class ParameterError(ValueError):
+    """A parameter file or value is invalid; the message lists every problem found."""
+
+
+def defaults() -> dict[str, Any]:
+    """The schema's default values, by dotted name (copies, so callers may mutate lists)."""
+    return {spec.name: (list(spec.default) if isinstance(spec.default, list) else spec.default)
+            for spec in DETECT_PARAMS}
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+    """Nested mapping -> dotted names, the way ROS 2 flattens a parameters file."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f'{prefix}{key}'
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name + '.'))
+        else:
+            flat[name] = value
+    return flat
+
+
+def validate(values: Mapping[str, Any], *, allow_unknown: bool = False) -> dict[str, Any]:
+    """Check ``values`` (dotted names) against the schema; return them with ints coerced to floats.
+
+    Raises :class:`ParameterError` naming every unknown or invalid parameter.
+    """
+    problems = []
+    clean: dict[str, Any] = {}
+    for name, value in values.items():
+        spec = PARAMS_BY_NAME.get(name)
+        if spec is None:
+            if not allow_unknown:
+                problems.append(f'{name}: unknown parameter')
+            continue
+        if spec.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if spec.type is list and isinstance(value, (list, tuple)):
+            value = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+        reason = spec.check(value)
+        if reason:
+            problems.append(reason)
+        clean[name] = value
+    if 'crop.min' in clean or 'crop.max' in clean:
+        lo = clean.get('crop.min', PARAMS_BY_NAME['crop.min'].default)
+        hi = clean.get('crop.max', PARAMS_BY_NAME['crop.max'].default)
+        if len(lo) == 3 and len(hi) == 3 and any(a >= b for a, b in zip(lo, hi)):
+            problems.append(f'crop.min {lo} must be below crop.max {hi} on every axis')
+    if problems:
+        raise ParameterError('invalid parameters:\n  ' + '\n  '.join(problems))
+    return clean
+
+
+def load_yaml(path: str | os.PathLike, node_name: str = 'keygrid_detector') -> dict[str, Any]:
+    """Read a ROS 2 parameters file and return the validated, complete parameter set.
+
+    Sections apply in ROS order: ``/**`` first, then ``<node_name>`` / ``/<node_name>`` (more specific
+    wins). Missing parameters take the schema defaults.
+    """
+    with open(path, encoding='utf-8') as stream:
+        try:
+            document = yaml.safe_load(stream) or {}
+        except yaml.YAMLError as exc:
+            raise ParameterError(f'{path}: not valid YAML: {exc}') from None
+    if not isinstance(document, Mapping):
+        raise ParameterError(f'{path}: expected a mapping of node names at the top level')
+    merged: dict[str, Any] = {}
+    for section in ('/**', node_name, '/' + node_name):
+        body = document.get(section)
+        if body is None:
+            continue
+        if not isinstance(body, Mapping) or 'ros__parameters' not in body:
+            raise ParameterError(f'{path}: section {section!r} has no ros__parameters')
+        merged.update(flatten(body['ros__parameters'] or {}))
+    values = defaults()
+    try:
+        values.update(validate(merged))
+    except ParameterError as exc:
+        raise ParameterError(f'{path}: {exc}') from None
+    return values
+
+
+def apply_overrides(values: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``name:=value`` / ``name=value`` strings (values parsed as YAML) and re-validate."""
+    parsed = {}
+    for item in overrides:
+        sep = ':=' if ':=' in item else '='
+        if sep not in item:
+            raise ParameterError(f'override {item!r} is not name:=value')
+        name, raw = item.split(sep, 1)
+        parsed[name.strip()] = yaml.safe_load(raw)
+    out = dict(values)
+    out.update(validate(parsed))
+    return out
+
+
+def markdown_table(specs: Iterable[ParamSpec] = DETECT_PARAMS) -> str:
+    """README table of the parameters (name, type, default, range, description)."""
+    rows = ['| parameter | type | default | range / choices | live | description |',
+            '|---|---|---|---|---|---|']
+    for spec in specs:
+        if spec.choices:
+            rng = ', '.join(f'`{c}`' for c in spec.choices)
+        elif spec.min is not None or spec.max is not None:
+            rng = f'{spec.min} – {spec.max}'
+        else:
+            rng = ''
+        default = f'`{spec.default!r}`' if not isinstance(spec.default, str) else f"`'{spec.default}'`"
+        live = 'no' if spec.read_only else 'yes'
+        rows.append(f'| `{spec.name}` | {spec.type.__name__} | {default} | {rng} | {live} | '
+                    f'{spec.description} |')
+    return '\n'.join(rows)
+
+
+if __name__ == '__main__':  # pragma: no cover - documentation helper
+    import sys
+
+    if '--markdown' in sys.argv:
+        print(markdown_table())
