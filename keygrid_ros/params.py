@@ -103,7 +103,7 @@ DETECT_PARAMS: tuple[ParamSpec, ...] = (
        'point per voxel) to bound the cost of the later stages. 0 disables.', min=0.0, max=0.05),
     # --- table removal ---
     _p('table.enabled', True, 'Find the dominant plane (the table) by RANSAC and remove it.'),
-    _p('table.distance_threshold', 0.006, 'Points closer than this to the plane (metres) are '
+    _p('table.distance_threshold', 0.004, 'Points closer than this to the plane (metres) are '
        'table points. Keep it below the garment thickness plus sensor noise.', min=0.0005, max=0.1),
     _p('table.iterations', 256, 'RANSAC hypotheses.', min=8, max=10000),
     _p('table.min_inlier_ratio', 0.1, 'A plane must explain at least this fraction of the cropped '
@@ -119,6 +119,9 @@ DETECT_PARAMS: tuple[ParamSpec, ...] = (
        min=0.001, max=0.2),
     _p('cluster.min_points', 200, 'Smallest cluster accepted as a garment (points after voxelising).',
        min=1, max=1000000),
+    _p('cluster.min_cell_points', 3, 'Cells of the clustering grid (edge = tolerance) holding fewer points '
+       'than this are noise and join no cluster: it stops sensor speckles left on the table from chaining '
+       'into one table-sized cluster. 1 = plain Euclidean clustering.', min=1, max=1000),
     _p('cluster.select', 'largest', "Which cluster is the garment: 'largest', or 'nearest_center' "
        '(the one whose centroid is nearest the crop box centre).',
        choices=('largest', 'nearest_center')),
@@ -246,8 +249,38 @@ def markdown_table(specs: Iterable[ParamSpec] = DETECT_PARAMS) -> str:
     return '\n'.join(rows)
 
 
+def to_yaml(values: Mapping[str, Any] | None = None, node: str = '/**') -> str:
+    """A ROS 2 parameters file with every parameter, nested by its dotted name, each with its
+    description as a comment (how ``config/detect.yaml`` is generated)."""
+    values = dict(defaults(), **(values or {}))
+    lines = [f'{node}:', '  ros__parameters:']
+    open_groups: list[str] = []
+    for spec in DETECT_PARAMS:
+        *groups, leaf = spec.name.split('.')
+        common = 0
+        while common < min(len(groups), len(open_groups)) and groups[common] == open_groups[common]:
+            common += 1
+        for depth in range(common, len(groups)):
+            lines.append('    ' + '  ' * depth + f'{groups[depth]}:')
+        open_groups = groups
+        indent = '    ' + '  ' * len(groups)
+        for text_line in _wrap(spec.description, 100 - len(indent)):
+            lines.append(f'{indent}# {text_line}')
+        lines.append(f'{indent}{leaf}: {yaml.safe_dump(values[spec.name], default_flow_style=True).strip()}'
+                     .replace('\n...', ''))
+    return '\n'.join(lines) + '\n'
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width=max(width, 40))
+
+
 if __name__ == '__main__':  # pragma: no cover - documentation helper
     import sys
 
     if '--markdown' in sys.argv:
         print(markdown_table())
+    elif '--yaml' in sys.argv:
+        sys.stdout.write(to_yaml())

@@ -1,0 +1,243 @@
+"""From a raw depth-camera cloud to Key-Grid's normalised, FPS-ordered model input.
+
+Stages (each optional, configured from the node's parameters, see ``config/detect.yaml``):
+
+1. ``transform`` + ``crop``: into the target frame (a 4x4 from TF, given by the caller) and an
+   axis-aligned workspace box there; NaN points go in the same pass.
+2. ``voxel``: one averaged point per voxel, so the later stages cost the same at any camera range.
+3. ``table``: the dominant plane by RANSAC (reported, so the caller can publish it); points on it
+   and, optionally, behind it are removed.
+4. ``cluster``: the garment is the largest Euclidean cluster (or the one nearest the box centre).
+5. ``sample``: farthest point sampling to ``num_points``, kept in FPS order.
+6. ``normalize``: Key-Grid's scalar min/max normalisation to [-1, 1] (exactly invertible).
+
+A frame the pipeline cannot use (empty crop, no table, no cluster big enough, too few points) is
+not an exception: :class:`PreprocessResult` carries ``reason`` saying why, and the report says how
+many points each stage kept and how long it took.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+import time
+from typing import Any
+import warnings
+
+import numpy as np
+import torch
+
+from keygrid_ros.normalize import Normalization
+from keygrid_ros.params import defaults as default_params
+from keygrid_ros.perception.clustering import euclidean_clusters
+from keygrid_ros.perception.filters import transform_and_crop, voxel_downsample
+from keygrid_ros.perception.plane import Plane, fit_plane
+from keygrid_ros.perception.sampling import fps_order
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Stage settings; see ``keygrid_ros.params`` for what each one means."""
+
+    crop_enabled: bool = True
+    crop_min: tuple[float, float, float] = (-0.6, -0.6, -0.2)
+    crop_max: tuple[float, float, float] = (0.6, 0.6, 1.5)
+    voxel_size: float = 0.004
+    table_enabled: bool = True
+    table_distance_threshold: float = 0.004
+    table_iterations: int = 256
+    table_min_inlier_ratio: float = 0.1
+    table_remove_below: bool = True
+    table_max_tilt_deg: float = 0.0
+    cluster_enabled: bool = True
+    cluster_tolerance: float = 0.015
+    cluster_min_points: int = 200
+    cluster_min_cell_points: int = 3
+    cluster_select: str = 'largest'
+    num_points: int = 2048
+    min_points: int = 256
+
+    @classmethod
+    def from_params(cls, values: Mapping[str, Any] | None = None) -> PreprocessConfig:
+        """Build from the node's parameter dict (dotted names); missing names take the defaults."""
+        merged = default_params()
+        merged.update(values or {})
+        return cls(
+            crop_enabled=merged['crop.enabled'],
+            crop_min=tuple(merged['crop.min']),
+            crop_max=tuple(merged['crop.max']),
+            voxel_size=merged['voxel_size'],
+            table_enabled=merged['table.enabled'],
+            table_distance_threshold=merged['table.distance_threshold'],
+            table_iterations=merged['table.iterations'],
+            table_min_inlier_ratio=merged['table.min_inlier_ratio'],
+            table_remove_below=merged['table.remove_below'],
+            table_max_tilt_deg=merged['table.max_tilt_deg'],
+            cluster_enabled=merged['cluster.enabled'],
+            cluster_tolerance=merged['cluster.tolerance'],
+            cluster_min_points=merged['cluster.min_points'],
+            cluster_min_cell_points=merged['cluster.min_cell_points'],
+            cluster_select=merged['cluster.select'],
+            num_points=merged['num_points'],
+            min_points=merged['min_points'],
+        )
+
+
+@dataclass
+class PreprocessReport:
+    """What each stage did: points kept and milliseconds, in stage order, and why it stopped."""
+
+    points: dict[str, int] = field(default_factory=dict)
+    ms: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None
+
+    @property
+    def total_ms(self) -> float:
+        return float(sum(self.ms.values()))
+
+
+@dataclass
+class PreprocessResult:
+    """The model input and everything needed to map the model's answer back.
+
+    ``model_input`` (N, 3) float32 is normalised to [-1, 1]; ``points`` (N, 3) float32 are the same
+    points in the target frame (metres); ``normalization.invert`` maps model-space coordinates back
+    to the target frame. All three are None when ``report.reason`` says why the frame was unusable.
+    """
+
+    model_input: np.ndarray | None
+    points: np.ndarray | None
+    normalization: Normalization | None
+    plane: Plane | None
+    report: PreprocessReport
+
+    @property
+    def ok(self) -> bool:
+        return self.report.reason is None
+
+
+class _Stopwatch:
+    """Adds the time since the previous lap to ``report.ms[name]``."""
+
+    def __init__(self, report: PreprocessReport, device: torch.device):
+        self._report = report
+        self._sync = device.type == 'cuda'
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        if self._sync:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self._report.ms[name] = self._report.ms.get(name, 0.0) + (now - self._last) * 1e3
+        self._last = now
+
+
+class Preprocessor:
+    """Callable front end: ``result = Preprocessor(config)(points, transform)``.
+
+    Stateless between frames apart from the configuration, so it may be swapped atomically when
+    parameters change at run time.
+    """
+
+    def __init__(self, config: PreprocessConfig | None = None, device: str | torch.device = 'cpu'):
+        self.config = config or PreprocessConfig()
+        self.device = torch.device(device)
+        cfg = self.config
+        self._box_min = torch.tensor(cfg.crop_min, dtype=torch.float32, device=self.device)
+        self._box_max = torch.tensor(cfg.crop_max, dtype=torch.float32, device=self.device)
+        self._box_centre = (np.asarray(cfg.crop_min) + np.asarray(cfg.crop_max)) / 2.0
+        self._up = torch.tensor([0.0, 0.0, 1.0], device=self.device)
+
+    def __call__(self, points: np.ndarray, transform: np.ndarray | None = None) -> PreprocessResult:
+        """Run every enabled stage.
+
+        Args:
+            points: (N, 3) or organised (H, W, 3) float32/float64 sensor points, NaN for no return
+                (read-only or strided views are fine; nothing is written).
+            transform: (4, 4) target <- sensor transform, or None when the cloud is already in the
+                target frame.
+        """
+        cfg = self.config
+        report = PreprocessReport()
+        watch = _Stopwatch(report, self.device)
+        flat = points.reshape(-1, 3)
+        report.points['input'] = int(flat.shape[0])
+        with warnings.catch_warnings():
+            # A zero-copy view of a message buffer is read-only; torch warns but never writes to it.
+            warnings.simplefilter('ignore', UserWarning)
+            cloud = torch.from_numpy(flat).to(device=self.device, dtype=torch.float32)
+        tf = None
+        sensor_origin = torch.zeros(3, device=self.device)
+        if transform is not None:
+            tf = torch.as_tensor(np.asarray(transform, dtype=np.float32), device=self.device)
+            sensor_origin = tf[:3, 3]
+        cropped = transform_and_crop(cloud, tf, self._box_min if cfg.crop_enabled else None,
+                                     self._box_max if cfg.crop_enabled else None)
+        report.points['crop'] = int(cropped.shape[0])
+        watch.lap('crop')
+        if cropped.shape[0] < cfg.min_points:
+            return self._give_up(report, f'only {cropped.shape[0]} valid points inside the crop box '
+                                         f'(need {cfg.min_points}); is the garment in the workspace?')
+
+        voxels = voxel_downsample(cropped, cfg.voxel_size)
+        report.points['voxel'] = int(voxels.shape[0])
+        watch.lap('voxel')
+
+        plane = None
+        if cfg.table_enabled:
+            plane = fit_plane(voxels, cfg.table_distance_threshold, cfg.table_iterations,
+                              sensor_origin=sensor_origin, up=self._up, max_tilt_deg=cfg.table_max_tilt_deg)
+            if plane is None or plane.inlier_ratio < cfg.table_min_inlier_ratio:
+                found = 'no plane' if plane is None else f'best plane holds {plane.inlier_ratio:.0%} of the points'
+                watch.lap('table')
+                return self._give_up(report, f'no table found ({found}; need '
+                                             f'{cfg.table_min_inlier_ratio:.0%}); disable table removal '
+                                             'for garments held in the air')
+            distance = plane.signed_distance(voxels)
+            off_table = distance > cfg.table_distance_threshold
+            if not cfg.table_remove_below:
+                off_table |= distance < -cfg.table_distance_threshold
+            voxels = voxels[off_table]
+            report.points['table'] = int(voxels.shape[0])
+            watch.lap('table')
+
+        candidates = voxels.cpu().numpy()
+        if cfg.cluster_enabled:
+            candidates, reason = self._isolate(candidates)
+            watch.lap('cluster')
+            report.points['cluster'] = int(candidates.shape[0])
+            if reason:
+                return self._give_up(report, reason, plane)
+        if candidates.shape[0] < cfg.min_points:
+            return self._give_up(report, f'only {candidates.shape[0]} garment points left (need '
+                                         f'{cfg.min_points})', plane)
+
+        selected = candidates[fps_order(candidates, cfg.num_points)]
+        report.points['sample'] = int(selected.shape[0])
+        watch.lap('sample')
+        normalization = Normalization.fit(selected)
+        model_input = normalization.apply(selected)
+        watch.lap('normalize')
+        return PreprocessResult(model_input=model_input, points=selected, normalization=normalization,
+                                plane=plane, report=report)
+
+    def _isolate(self, points: np.ndarray) -> tuple[np.ndarray, str | None]:
+        """Pick the garment cluster; returns its points, or an empty array and the reason."""
+        cfg = self.config
+        clusters = euclidean_clusters(points, cfg.cluster_tolerance, cfg.cluster_min_cell_points)
+        big = np.flatnonzero(clusters.sizes >= cfg.cluster_min_points)
+        if big.size == 0:
+            largest = int(clusters.sizes.max()) if clusters.sizes.size else 0
+            return points[:0], (f'no cluster of at least {cfg.cluster_min_points} points above the table '
+                                f'(largest has {largest}): no garment in view?')
+        if cfg.cluster_select == 'nearest_center':
+            centroids = np.stack([points[clusters.labels == label].mean(axis=0) for label in big])
+            chosen = big[int(np.argmin(np.linalg.norm(centroids - self._box_centre, axis=1)))]
+        else:
+            chosen = big[int(np.argmax(clusters.sizes[big]))]
+        return points[clusters.labels == chosen], None
+
+    @staticmethod
+    def _give_up(report: PreprocessReport, reason: str, plane: Plane | None = None) -> PreprocessResult:
+        report.reason = reason
+        return PreprocessResult(model_input=None, points=None, normalization=None, plane=plane, report=report)

@@ -1,0 +1,263 @@
+"""The front end: each stage against a brute-force reference, the whole pipeline against the
+ground truth of the synthetic scene, and the reasons it gives when a frame is unusable."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+import torch
+
+from keygrid_ros.normalize import Normalization
+from keygrid_ros.perception.clustering import euclidean_clusters
+from keygrid_ros.perception.filters import transform_and_crop, voxel_downsample
+from keygrid_ros.perception.plane import fit_plane
+from keygrid_ros.perception.preprocess import PreprocessConfig, Preprocessor
+from keygrid_ros.perception.sampling import fps_order
+from keygrid_ros.perception.synthetic import synthetic_scene
+
+
+@pytest.fixture(scope='module')
+def scene():
+    return synthetic_scene()
+
+
+def random_transform(rng) -> np.ndarray:
+    q = rng.normal(size=4)
+    q /= np.linalg.norm(q)
+    w, x, y, z = q
+    rotation = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                         [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                         [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+    transform = np.eye(4)
+    transform[:3, :3] = rotation
+    transform[:3, 3] = rng.normal(size=3)
+    return transform
+
+
+# --- stages against brute force ------------------------------------------------------------------
+
+def test_transform_and_crop_matches_numpy(rng):
+    points = rng.normal(size=(5000, 3)).astype(np.float32)
+    points[rng.random(5000) < 0.1] = np.nan
+    transform = random_transform(rng).astype(np.float32)
+    lo, hi = np.array([-1.0, -0.5, -2.0], np.float32), np.array([0.5, 1.0, 0.3], np.float32)
+    got = transform_and_crop(torch.from_numpy(points), torch.from_numpy(transform),
+                             torch.from_numpy(lo), torch.from_numpy(hi)).numpy()
+    expected = []
+    for p in points:
+        if not np.all(np.isfinite(p)):
+            continue
+        q = transform[:3, :3] @ p + transform[:3, 3]
+        if np.all(q >= lo) and np.all(q <= hi):
+            expected.append(q)
+    np.testing.assert_allclose(got, np.array(expected), atol=1e-5)
+
+
+def test_crop_disabled_only_drops_non_finite(rng):
+    points = rng.normal(size=(100, 3)).astype(np.float32)
+    points[3, 1] = np.nan
+    points[7, 0] = np.inf
+    got = transform_and_crop(torch.from_numpy(points), None, None, None).numpy()
+    np.testing.assert_array_equal(got, np.delete(points, [3, 7], axis=0))
+
+
+def test_voxel_downsample_matches_dictionary_reference(rng):
+    points = rng.uniform(-0.1, 0.1, size=(3000, 3)).astype(np.float64)
+    size = 0.013
+    got = voxel_downsample(torch.from_numpy(points), size).numpy()
+    origin = points.min(axis=0)
+    buckets: dict[tuple, list] = {}
+    for p in points:
+        buckets.setdefault(tuple(np.floor((p - origin) / size).astype(int)), []).append(p)
+    expected = np.array([np.mean(buckets[key], axis=0) for key in sorted(buckets)])
+    assert got.shape == expected.shape
+    # Same set of centroids (order: by voxel key in both).
+    np.testing.assert_allclose(np.sort(got, axis=0), np.sort(expected, axis=0), atol=1e-12)
+
+
+def test_plane_fit_recovers_a_noisy_plane_among_outliers(rng):
+    normal = np.array([0.2, -0.3, 0.93])
+    normal /= np.linalg.norm(normal)
+    basis = np.linalg.svd(normal[None])[2][1:]
+    on_plane = rng.uniform(-1, 1, size=(4000, 2)) @ basis + normal * 0.5
+    on_plane += normal * rng.normal(0, 0.002, size=(4000, 1))
+    clutter = rng.uniform(-1, 1, size=(2000, 3))
+    points = torch.from_numpy(np.vstack([on_plane, clutter]).astype(np.float32))
+    plane = fit_plane(points, threshold=0.006, iterations=200, sensor_origin=torch.tensor([0.0, 0.0, 5.0]))
+    assert plane is not None
+    cosine = min(1.0, abs(float(plane.normal.double() @ torch.from_numpy(normal))))
+    assert np.degrees(np.arccos(cosine)) < 0.5
+    # Normal oriented towards the sensor, which is on the +normal side of the plane here.
+    assert float(plane.normal @ torch.tensor([0.0, 0.0, 5.0])) + plane.offset > 0
+    assert abs(abs(plane.offset) - 0.5) < 0.002
+    assert 0.6 < plane.inlier_ratio < 0.75
+
+
+def test_plane_tilt_constraint_rejects_walls(rng):
+    wall = np.column_stack([np.zeros(3000), rng.uniform(-1, 1, (3000, 2))])  # x = 0: normal along x
+    floor = np.column_stack([rng.uniform(-1, 1, (1000, 2)), np.full(1000, -0.5)])
+    points = torch.from_numpy(np.vstack([wall, floor]).astype(np.float32))
+    unconstrained = fit_plane(points, 0.01)
+    constrained = fit_plane(points, 0.01, up=torch.tensor([0.0, 0.0, 1.0]), max_tilt_deg=10)
+    assert abs(float(unconstrained.normal[0])) > 0.99
+    assert abs(float(constrained.normal[2])) > 0.99
+
+
+def test_clusters_match_radius_graph_components(rng):
+    # Three blobs far apart plus uniform sparse noise: with min_cell_points=1 the cell clustering
+    # must never split points closer than the tolerance (brute-force radius graph check).
+    centres = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0.5]])
+    points = np.vstack([c + rng.normal(0, 0.03, size=(400, 3)) for c in centres])
+    tolerance = 0.02
+    clusters = euclidean_clusters(points, tolerance, min_cell_points=1)
+    pairs = cKDTree(points).query_pairs(tolerance, output_type='ndarray')
+    assert np.all(clusters.labels[pairs[:, 0]] == clusters.labels[pairs[:, 1]])
+    # And each radius-graph component maps into exactly one cluster.
+    from scipy.sparse import coo_matrix
+
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(points),) * 2)
+    _, reference = connected_components(graph, directed=False)
+    for component in np.unique(reference):
+        assert len(np.unique(clusters.labels[reference == component])) == 1
+    # The blobs themselves (1 m apart) are separate clusters.
+    blob_labels = [np.bincount(clusters.labels[i * 400:(i + 1) * 400]).argmax() for i in range(3)]
+    assert len(set(blob_labels)) == 3
+    assert clusters.sizes.sum() == len(points)
+
+
+def test_sparse_noise_cells_join_nothing(rng):
+    sheet = np.column_stack([rng.uniform(0, 0.3, (6000, 2)), rng.normal(0, 0.001, 6000)])
+    speckles = np.column_stack([rng.uniform(-1, 1, (300, 2)), np.zeros(300)])
+    clusters = euclidean_clusters(np.vstack([sheet, speckles]), 0.015, min_cell_points=3)
+    biggest = np.argmax(clusters.sizes)
+    assert np.mean(clusters.labels[:6000] == biggest) > 0.97  # all but a sliver of the rim
+    assert np.mean(clusters.labels[6000:] == biggest) < 0.1
+
+
+def test_fps_order_is_farthest_point_order(rng):
+    points = rng.normal(size=(3000, 3)).astype(np.float32)
+    order = fps_order(points, 64)
+    assert len(set(order.tolist())) == 64
+    nearest = np.linalg.norm(points - points[order[0]], axis=1)
+    for index in order[1:]:
+        assert nearest[index] == pytest.approx(nearest.max(), rel=1e-5)
+        nearest = np.minimum(nearest, np.linalg.norm(points - points[index], axis=1))
+
+
+def test_fps_order_pads_small_clouds_cyclically(rng):
+    points = rng.normal(size=(100, 3)).astype(np.float32)
+    order = fps_order(points, 256)
+    assert sorted(order[:100].tolist()) == list(range(100))
+    np.testing.assert_array_equal(order[100:200], order[:100])
+
+
+# --- the whole pipeline on the synthetic scene ---------------------------------------------------
+
+def test_pipeline_isolates_the_garment(scene):
+    result = Preprocessor(PreprocessConfig())(scene.points, scene.table_from_camera)
+    assert result.ok, result.report.reason
+    assert result.model_input.shape == (2048, 3) and result.model_input.dtype == np.float32
+    pose = scene.table_from_camera
+    truth = scene.points[scene.garment_mask] @ pose[:3, :3].T + pose[:3, 3]
+    to_truth, _ = cKDTree(truth).query(result.points)
+    assert np.percentile(to_truth, 99) < 0.005  # every model point lies on the garment
+    from_truth, _ = cKDTree(result.points).query(truth)
+    assert np.percentile(from_truth, 99) < 0.015  # and the garment is covered end to end
+    # The table plane is z = 0 of the table frame (normal up, towards the camera).
+    normal = result.plane.normal.numpy()
+    assert np.degrees(np.arccos(min(1.0, normal[2]))) < 1.0
+    assert abs(result.plane.offset) < 0.002
+    # Stage counts shrink monotonically and the report has a time for every stage that ran.
+    counts = list(result.report.points.values())
+    assert all(a >= b for a, b in itertools.pairwise(counts[:-1]))
+    assert set(result.report.ms) == {'crop', 'voxel', 'table', 'cluster', 'sample', 'normalize'}
+
+
+def test_pipeline_normalisation_is_keygrid_and_invertible(scene):
+    result = Preprocessor()(scene.points, scene.table_from_camera)
+    x = result.model_input
+    assert x.min() == pytest.approx(-1.0, abs=1e-6) and x.max() == pytest.approx(1.0, abs=1e-6)
+    lo, hi = result.points.min(), result.points.max()
+    np.testing.assert_allclose(x, 2 * (result.points - lo) / (hi - lo) - 1, atol=1e-6)
+    np.testing.assert_allclose(result.normalization.invert(x), result.points, atol=1e-6)
+
+
+def test_pipeline_is_deterministic(scene):
+    first = Preprocessor()(scene.points, scene.table_from_camera)
+    second = Preprocessor()(scene.points, scene.table_from_camera)
+    np.testing.assert_array_equal(first.model_input, second.model_input)
+
+
+def test_pipeline_in_the_camera_frame_with_a_camera_frame_box(scene):
+    # No transform: crop box in the optical frame (z forward) around the table.
+    config = PreprocessConfig(crop_min=(-0.6, -0.6, 0.3), crop_max=(0.6, 0.6, 1.2))
+    result = Preprocessor(config)(scene.points)
+    assert result.ok, result.report.reason
+    pose = scene.table_from_camera
+    in_table = result.points @ pose[:3, :3].T + pose[:3, 3]
+    assert np.all(in_table[:, 2] > 0.0)  # everything kept is above the table
+
+
+def test_input_may_be_a_read_only_strided_view(scene):
+    packed = np.zeros(scene.points.shape[:2] + (4,), np.float32)
+    packed[..., :3] = scene.points
+    view = packed[..., :3]
+    view.flags.writeable = False
+    result = Preprocessor()(view, scene.table_from_camera)
+    assert result.ok
+    np.testing.assert_array_equal(packed[..., :3], scene.points)  # input untouched
+
+
+# --- frames the pipeline must refuse with a reason -----------------------------------------------
+
+@pytest.mark.parametrize('points', [np.zeros((0, 3), np.float32), np.full((480, 640, 3), np.nan, np.float32)],
+                         ids=['empty', 'all-nan'])
+def test_empty_and_all_nan_clouds_give_a_reason(points):
+    result = Preprocessor()(points)
+    assert not result.ok and 'crop box' in result.report.reason
+    assert result.model_input is None
+
+
+def test_table_without_garment_says_no_garment(scene):
+    table_only = scene.points.copy()
+    table_only[scene.garment_mask] = np.nan
+    # Also drop the flying and edge pixels around the garment: a bare table.
+    pose = scene.table_from_camera
+    heights = (table_only.reshape(-1, 3) @ pose[:3, :3].T + pose[:3, 3])[:, 2].reshape(table_only.shape[:2])
+    table_only[heights > 0.002] = np.nan
+    result = Preprocessor()(table_only, pose)
+    assert not result.ok and 'no garment' in result.report.reason
+    assert result.plane is not None  # the table itself was found and is reported
+
+
+def test_no_plane_gives_a_reason(rng):
+    blob = rng.normal(0, 0.1, size=(20000, 3)).astype(np.float32)
+    config = PreprocessConfig(crop_enabled=False, table_min_inlier_ratio=0.3)
+    result = Preprocessor(config)(blob)
+    assert not result.ok and 'no table' in result.report.reason
+
+
+def test_too_few_points_gives_a_reason(rng):
+    result = Preprocessor(PreprocessConfig(crop_enabled=False))(rng.normal(size=(50, 3)).astype(np.float32))
+    assert not result.ok and 'need 256' in result.report.reason
+
+
+def test_nearest_center_selection_prefers_the_central_cluster(rng):
+    table = np.column_stack([rng.uniform(-0.5, 0.5, (40000, 2)), np.zeros(40000)])
+    central = np.column_stack([rng.uniform(-0.05, 0.05, (3000, 2)), np.full(3000, 0.03)])
+    big_far = np.column_stack([rng.uniform(0.25, 0.45, (9000, 2)), np.full(9000, 0.03)])
+    points = np.vstack([table, central, big_far]).astype(np.float32)
+    base = dict(crop_min=(-0.6, -0.6, -0.1), crop_max=(0.6, 0.6, 0.5), voxel_size=0.0)
+    largest = Preprocessor(PreprocessConfig(**base))(points, np.eye(4))
+    nearest = Preprocessor(PreprocessConfig(**base, cluster_select='nearest_center'))(points, np.eye(4))
+    assert largest.points[:, 0].mean() > 0.2
+    assert abs(nearest.points[:, 0].mean()) < 0.06
+
+
+def test_normalization_roundtrip_on_degenerate_cloud():
+    norm = Normalization.fit(np.ones((10, 3), np.float32))
+    np.testing.assert_allclose(norm.invert(norm.apply(np.ones((10, 3), np.float32))), 1.0)
