@@ -105,7 +105,8 @@ DETECT_PARAMS: tuple[ParamSpec, ...] = (
     _p('table.enabled', True, 'Find the dominant plane (the table) by RANSAC and remove it.'),
     _p('table.distance_threshold', 0.004, 'Points closer than this to the plane (metres) are '
        'table points. Keep it below the garment thickness plus sensor noise.', min=0.0005, max=0.1),
-    _p('table.iterations', 256, 'RANSAC hypotheses.', min=8, max=10000),
+    _p('table.iterations', 256, 'RANSAC hypotheses scored per frame (all at once, on a 4096-point '
+       'subsample).', min=8, max=10000),
     _p('table.min_inlier_ratio', 0.1, 'A plane must explain at least this fraction of the cropped '
        'points to count as the table.', min=0.0, max=1.0),
     _p('table.remove_below', True, 'Also drop points on the far side of the table from the sensor '
