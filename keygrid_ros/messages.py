@@ -155,3 +155,242 @@ def _convert_value(hint: Any, value: Any) -> Any:
             return [v if isinstance(v, item) else from_msg(item, v) for v in value]
         return list(value)
     return value
+
+
+# =============================================================================================== node outputs
+# Appended for the detector node's outputs (keygrid_ros.perception.outputs); same conventions as above.
+
+# ------------------------------------------------------------------------------------------------------- std_msgs
+@dataclass
+class ColorRGBA:
+    """std_msgs/msg/ColorRGBA: components in [0, 1]."""
+
+    ROS_TYPE: ClassVar[str] = 'std_msgs/msg/ColorRGBA'
+
+    r: float = 0.0
+    g: float = 0.0
+    b: float = 0.0
+    a: float = 0.0
+
+
+# -------------------------------------------------------------------------------------------------- geometry_msgs
+@dataclass
+class Point:
+    """geometry_msgs/msg/Point: a position in metres."""
+
+    ROS_TYPE: ClassVar[str] = 'geometry_msgs/msg/Point'
+
+    x: float = 0.0
+    y: float = 0.0
+    z: float = 0.0
+
+
+@dataclass
+class Vector3:
+    """geometry_msgs/msg/Vector3: a direction or scale (metres for Marker.scale)."""
+
+    ROS_TYPE: ClassVar[str] = 'geometry_msgs/msg/Vector3'
+
+    x: float = 0.0
+    y: float = 0.0
+    z: float = 0.0
+
+
+@dataclass
+class Quaternion:
+    """geometry_msgs/msg/Quaternion (x, y, z, w); the ROS default is the identity (w = 1)."""
+
+    ROS_TYPE: ClassVar[str] = 'geometry_msgs/msg/Quaternion'
+
+    x: float = 0.0
+    y: float = 0.0
+    z: float = 0.0
+    w: float = 1.0
+
+
+@dataclass
+class Pose:
+    """geometry_msgs/msg/Pose."""
+
+    ROS_TYPE: ClassVar[str] = 'geometry_msgs/msg/Pose'
+
+    position: Point = field(default_factory=Point)
+    orientation: Quaternion = field(default_factory=Quaternion)
+
+
+@dataclass
+class PoseStamped:
+    """geometry_msgs/msg/PoseStamped."""
+
+    ROS_TYPE: ClassVar[str] = 'geometry_msgs/msg/PoseStamped'
+
+    header: Header = field(default_factory=Header)
+    pose: Pose = field(default_factory=Pose)
+
+
+@dataclass
+class PoseArray:
+    """geometry_msgs/msg/PoseArray: poses sharing one header."""
+
+    ROS_TYPE: ClassVar[str] = 'geometry_msgs/msg/PoseArray'
+
+    header: Header = field(default_factory=Header)
+    poses: list[Pose] = field(default_factory=list)
+
+
+@dataclass
+class Transform:
+    """geometry_msgs/msg/Transform: translation (metres) and rotation of the child in the parent frame."""
+
+    ROS_TYPE: ClassVar[str] = 'geometry_msgs/msg/Transform'
+
+    translation: Vector3 = field(default_factory=Vector3)
+    rotation: Quaternion = field(default_factory=Quaternion)
+
+
+@dataclass
+class TransformStamped:
+    """geometry_msgs/msg/TransformStamped: ``header.frame_id`` is the parent, ``child_frame_id`` the child."""
+
+    ROS_TYPE: ClassVar[str] = 'geometry_msgs/msg/TransformStamped'
+
+    header: Header = field(default_factory=Header)
+    child_frame_id: str = ''
+    transform: Transform = field(default_factory=Transform)
+
+
+# ---------------------------------------------------------------------------------------------------- sensor_msgs
+@dataclass
+class CompressedImage:
+    """sensor_msgs/msg/CompressedImage (only used inside visualization_msgs/Marker.texture)."""
+
+    ROS_TYPE: ClassVar[str] = 'sensor_msgs/msg/CompressedImage'
+
+    header: Header = field(default_factory=Header)
+    format: str = ''
+    data: ByteBuffer = b''
+
+
+# ---------------------------------------------------------------------------------------------- visualization_msgs
+@dataclass
+class UVCoordinate:
+    """visualization_msgs/msg/UVCoordinate."""
+
+    ROS_TYPE: ClassVar[str] = 'visualization_msgs/msg/UVCoordinate'
+
+    u: float = 0.0
+    v: float = 0.0
+
+
+@dataclass
+class MeshFile:
+    """visualization_msgs/msg/MeshFile."""
+
+    ROS_TYPE: ClassVar[str] = 'visualization_msgs/msg/MeshFile'
+
+    filename: str = ''
+    data: ByteBuffer = b''
+
+
+@dataclass
+class Marker:
+    """visualization_msgs/msg/Marker in the Humble/Iron/Jazzy layout (19 fields; Foxy/Galactic had 15 and
+    are not wire compatible)."""
+
+    ROS_TYPE: ClassVar[str] = 'visualization_msgs/msg/Marker'
+
+    ARROW: ClassVar[int] = 0
+    CUBE: ClassVar[int] = 1
+    SPHERE: ClassVar[int] = 2
+    CYLINDER: ClassVar[int] = 3
+    LINE_STRIP: ClassVar[int] = 4
+    LINE_LIST: ClassVar[int] = 5
+    CUBE_LIST: ClassVar[int] = 6
+    SPHERE_LIST: ClassVar[int] = 7
+    POINTS: ClassVar[int] = 8
+    TEXT_VIEW_FACING: ClassVar[int] = 9
+    MESH_RESOURCE: ClassVar[int] = 10
+    TRIANGLE_LIST: ClassVar[int] = 11
+    ADD: ClassVar[int] = 0
+    MODIFY: ClassVar[int] = 0
+    DELETE: ClassVar[int] = 2
+    DELETEALL: ClassVar[int] = 3
+
+    header: Header = field(default_factory=Header)
+    ns: str = ''
+    id: int = 0
+    type: int = 0
+    action: int = 0
+    pose: Pose = field(default_factory=Pose)
+    scale: Vector3 = field(default_factory=Vector3)
+    color: ColorRGBA = field(default_factory=ColorRGBA)
+    lifetime: Duration = field(default_factory=Duration)
+    frame_locked: bool = False
+    points: list[Point] = field(default_factory=list)
+    colors: list[ColorRGBA] = field(default_factory=list)
+    texture_resource: str = ''
+    texture: CompressedImage = field(default_factory=CompressedImage)
+    uv_coordinates: list[UVCoordinate] = field(default_factory=list)
+    text: str = ''
+    mesh_resource: str = ''
+    mesh_file: MeshFile = field(default_factory=MeshFile)
+    mesh_use_embedded_materials: bool = False
+
+
+@dataclass
+class MarkerArray:
+    """visualization_msgs/msg/MarkerArray."""
+
+    ROS_TYPE: ClassVar[str] = 'visualization_msgs/msg/MarkerArray'
+
+    markers: list[Marker] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------ diagnostic_msgs
+@dataclass
+class KeyValue:
+    """diagnostic_msgs/msg/KeyValue."""
+
+    ROS_TYPE: ClassVar[str] = 'diagnostic_msgs/msg/KeyValue'
+
+    key: str = ''
+    value: str = ''
+
+
+@dataclass
+class DiagnosticStatus:
+    """diagnostic_msgs/msg/DiagnosticStatus. ``level`` is a ROS ``byte``: an int here and in rosbags, a
+    length-1 ``bytes`` in rclpy (the rclpy adapter converts)."""
+
+    ROS_TYPE: ClassVar[str] = 'diagnostic_msgs/msg/DiagnosticStatus'
+
+    OK: ClassVar[int] = 0
+    WARN: ClassVar[int] = 1
+    ERROR: ClassVar[int] = 2
+    STALE: ClassVar[int] = 3
+
+    level: int = 0
+    name: str = ''
+    message: str = ''
+    hardware_id: str = ''
+    values: list[KeyValue] = field(default_factory=list)
+
+
+@dataclass
+class DiagnosticArray:
+    """diagnostic_msgs/msg/DiagnosticArray."""
+
+    ROS_TYPE: ClassVar[str] = 'diagnostic_msgs/msg/DiagnosticArray'
+
+    header: Header = field(default_factory=Header)
+    status: list[DiagnosticStatus] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------------- tf2_msgs
+@dataclass
+class TFMessage:
+    """tf2_msgs/msg/TFMessage: what /tf and /tf_static carry."""
+
+    ROS_TYPE: ClassVar[str] = 'tf2_msgs/msg/TFMessage'
+
+    transforms: list[TransformStamped] = field(default_factory=list)
