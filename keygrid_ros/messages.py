@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import array
 from dataclasses import dataclass, field, fields, is_dataclass
+import functools
 import typing
 from typing import Any, ClassVar, Union
 
@@ -136,14 +137,18 @@ def from_msg(cls: type, msg: Any) -> Any:
     Only attribute names matter. Buffers and arrays are taken as they are (no copy), so converting a rosbags
     PointCloud2 costs microseconds. Attributes the source lacks keep ``cls``'s defaults.
     """
-    hints = typing.get_type_hints(cls)
     kwargs = {}
-    for f in fields(cls):
-        if not hasattr(msg, f.name):
-            continue
-        value = getattr(msg, f.name)
-        kwargs[f.name] = _convert_value(hints[f.name], value)
+    for name, hint in _field_hints(cls):
+        if hasattr(msg, name):
+            kwargs[name] = _convert_value(hint, getattr(msg, name))
     return cls(**kwargs)
+
+
+@functools.cache
+def _field_hints(cls: type) -> tuple[tuple[str, Any], ...]:
+    """(name, resolved annotation) per dataclass field; cached because get_type_hints costs ~0.1 ms a class."""
+    hints = typing.get_type_hints(cls)
+    return tuple((f.name, hints[f.name]) for f in fields(cls))
 
 
 def _convert_value(hint: Any, value: Any) -> Any:
