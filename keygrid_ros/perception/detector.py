@@ -1,0 +1,230 @@
+"""The detector: one cloud (points + transform) in, garment keypoints in the target frame out.
+
+    detector = Detector(model, PreprocessConfig.from_params(values), device='cpu', hard_keypoints=True)
+    detection = detector(points, transform)        # points (N, 3) or (H, W, 3) sensor frame, NaN allowed
+    if detection.ok: detection.keypoints            # (K, 3) target frame, metres
+
+Stages: preprocess (``Preprocessor``: crop, table, cluster, FPS, normalise) -> model (anything with the
+:class:`KeypointModel` surface; :func:`load_model` adapts the model package's inference wrapper) ->
+postprocess (hard snap, denormalise, confidence from the weight distribution, optional smoothing, garment
+pose). Failures are not exceptions: :attr:`Detection.reason` says why, so the node keeps
+going and can tell the user. No ROS types here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import logging
+from pathlib import Path
+import time
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from keygrid_ros.perception.plane import Plane
+from keygrid_ros.perception.postprocess import KeypointSmoother, garment_pose, keypoint_confidence
+from keygrid_ros.perception.preprocess import PreprocessConfig, Preprocessor
+
+LOG = logging.getLogger(__name__)
+
+#: Model types the node accepts (``model_type`` parameter); both go through the same KeypointModel surface.
+MODEL_TYPES = ('keygrid', 'useek')
+
+
+class ModelLoadError(RuntimeError):
+    """The model file is missing, unreadable, or not a model of the requested type (message names the path)."""
+
+
+@runtime_checkable
+class KeypointModel(Protocol):
+    """What the detector needs from a model (duck-typed; the inference wrapper provides it).
+
+    ``predict(points)``: ``points`` (N, 3) float32 in Key-Grid's normalised cube, FPS-ordered, returns
+    ``(keypoints (K, 3), weights (K, N), strengths (K(K-1)/2,))`` as numpy; ``weights`` rows sum to 1 and
+    should be the *soft* distribution (the detector snaps to points itself and derives confidence from it);
+    ``strengths`` follow ``torch.triu_indices(K, K, 1)`` pair order. Optional attributes read with getattr:
+    ``keypoint_names`` (K strings), ``reference_keypoints`` ((K, 3) canonical layout for the garment pose).
+    """
+
+    def predict(self, points: np.ndarray) -> Any: ...
+
+
+@dataclass
+class Detection:
+    """Everything one frame produced; arrays are None when ``reason`` says why the frame gave nothing.
+
+    ``keypoints`` (K, 3) float64, target frame, index = keypoint id; ``confidence`` (K,) in [0, 1];
+    ``strengths`` (S,) segment strengths for ``pairs`` (S, 2); ``position`` (3,) and ``orientation``
+    (x, y, z, w) the garment pose (``pose_method`` 'kabsch' or 'principal_axes'); ``points`` (N, 3) the model
+    input in the target frame; ``ms`` per stage (preprocess stages, 'model', 'postprocess', 'total');
+    ``stage_points`` points kept per preprocess stage.
+    """
+
+    reason: str | None
+    names: tuple[str, ...]
+    keypoints: np.ndarray | None = None
+    confidence: np.ndarray | None = None
+    strengths: np.ndarray | None = None
+    pairs: np.ndarray | None = None
+    position: np.ndarray | None = None
+    orientation: np.ndarray | None = None
+    pose_method: str = ''
+    points: np.ndarray | None = None
+    plane: Plane | None = None
+    ms: dict[str, float] = field(default_factory=dict)
+    stage_points: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+def resolve_device(requested: str) -> tuple[str, str | None]:
+    """``'auto'`` -> ``'cuda'`` when torch sees a GPU, else ``'cpu'``; returns (device, warning or None).
+
+    An explicit device is checked so that a typo or a missing GPU fails at start-up, not at the first frame.
+    """
+    if requested in ('', 'auto'):
+        if torch.cuda.is_available():
+            return 'cuda', None
+        return 'cpu', 'device auto: no GPU visible to torch, running on the CPU (slower)'
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f'device {requested!r} is not a torch device: {exc}') from None
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'device {requested!r} requested but torch sees no GPU (torch {torch.__version__}); '
+                         "use device:=auto or device:=cpu")
+    return str(device), None
+
+
+def segment_pairs(num_keypoints: int) -> np.ndarray:
+    """(K(K-1)/2, 2) keypoint index pairs in the order of the model's segment strengths."""
+    return torch.triu_indices(num_keypoints, num_keypoints, 1).T.numpy().astype(np.int64)
+
+
+def default_names(num_keypoints: int) -> tuple[str, ...]:
+    """``kp_0 .. kp_{K-1}``: Key-Grid keypoints are unsupervised, so a model without names gets indices."""
+    return tuple(f'kp_{i}' for i in range(num_keypoints))
+
+
+class _SingleCloudModel:
+    """Adapts the model package's ``KeypointModel`` (batched ``Prediction``) to the one-cloud surface above."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.keypoint_names = tuple(model.keypoint_names)
+        metadata = getattr(model, 'metadata', {}) or {}
+        reference = metadata.get('reference_keypoints')
+        self.reference_keypoints = None if reference is None else np.asarray(reference, np.float64)
+        self.num_points = int(model.config.num_points)
+
+    def predict(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        prediction = self.model.predict(np.ascontiguousarray(points, dtype=np.float32))
+        return prediction.keypoints[0], prediction.weights[0], prediction.strengths[0]
+
+
+def load_model(path: str | Path, model_type: str = 'keygrid', device: str = 'cpu') -> KeypointModel:
+    """Load a safetensors model file for inference; raises :class:`ModelLoadError` naming the path.
+
+    Goes through the model package's inference wrapper, asking for *soft* weights: the detector snaps
+    keypoints to points itself (``hard_keypoints``) and needs the weight distribution for the confidence.
+    Never unpickles anything.
+    """
+    path = Path(path)
+    if model_type not in MODEL_TYPES:
+        raise ModelLoadError(f'model_type {model_type!r} is not one of {list(MODEL_TYPES)}')
+    if not path.is_file():
+        raise ModelLoadError(f'model file not found: {path}')
+    if model_type != 'keygrid':
+        raise ModelLoadError(f'{path}: model_type {model_type!r} is not supported by this version of the model '
+                             'package yet; use model_type:=keygrid')
+    from keygrid_ros.model.inference import KeypointModel as LoadedModel
+
+    try:
+        return _SingleCloudModel(LoadedModel.load(path, device=device, hard=False))
+    except Exception as exc:  # corrupt header, checksum, wrong shapes, bad JSON: one clear message
+        raise ModelLoadError(f'cannot load model {path}: {type(exc).__name__}: {exc}') from exc
+
+
+class Detector:
+    """Callable: ``detection = Detector(model, config)(points, transform)``.
+
+    Holds the per-stream state (the keypoint smoother); :meth:`reset` forgets it. ``configure`` swaps the
+    preprocessing configuration (live parameter changes) between frames.
+    """
+
+    def __init__(self, model: KeypointModel, config: PreprocessConfig | None = None, device: str = 'cpu',
+                 hard_keypoints: bool = True, smoothing: float = 0.0):
+        self.model = model
+        self.device = device
+        self.hard_keypoints = hard_keypoints
+        self.preprocess = Preprocessor(config or PreprocessConfig(), device=device)
+        self.smoother = KeypointSmoother(smoothing)
+        names = getattr(model, 'keypoint_names', None)
+        self._names: tuple[str, ...] | None = tuple(names) if names else None
+        reference = getattr(model, 'reference_keypoints', None)
+        self._reference = None if reference is None else np.asarray(reference, np.float64)
+
+    def configure(self, config: PreprocessConfig | None = None, smoothing: float | None = None) -> None:
+        """Apply new settings; the next frame uses them (the caller serialises this with frames)."""
+        if config is not None and config != self.preprocess.config:
+            self.preprocess = Preprocessor(config, device=self.device)
+        if smoothing is not None and smoothing != self.smoother.alpha:
+            self.smoother = KeypointSmoother(smoothing)
+
+    def reset(self) -> None:
+        self.smoother.reset()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self._names or ()
+
+    def __call__(self, points: np.ndarray, transform: np.ndarray | None = None) -> Detection:
+        """Detect keypoints in ``points`` ((N, 3) or (H, W, 3), NaN = no return) mapped by ``transform``
+        ((4, 4) target <- sensor, or None when already in the target frame)."""
+        start = time.perf_counter()
+        pre = self.preprocess(points, transform)
+        ms = dict(pre.report.ms)
+        if not pre.ok:
+            self.smoother.reset()  # a new garment must not inherit the old one's keypoints
+            ms['total'] = (time.perf_counter() - start) * 1e3
+            return Detection(reason=pre.report.reason, names=self.names, plane=pre.plane, ms=ms,
+                             stage_points=dict(pre.report.points))
+
+        t0 = time.perf_counter()
+        try:
+            keypoints_n, weights, strengths = (np.asarray(a) for a in self.model.predict(pre.model_input)[:3])
+        except Exception as exc:  # a model failure is a frame failure, not a dead node
+            LOG.debug('model failed', exc_info=True)
+            self.smoother.reset()
+            ms['model'] = (time.perf_counter() - t0) * 1e3
+            return Detection(reason=f'model failed: {type(exc).__name__}: {exc}', names=self.names,
+                             plane=pre.plane, ms=ms, stage_points=dict(pre.report.points))
+        t1 = time.perf_counter()
+        ms['model'] = (t1 - t0) * 1e3
+
+        k = keypoints_n.shape[0]
+        if self._names is None or len(self._names) != k:
+            self._names = default_names(k)
+        if self.hard_keypoints:
+            # The released test-time mode: each keypoint is the input point of largest weight.
+            keypoints = pre.points[np.argmax(weights, axis=1)].astype(np.float64)
+        else:
+            keypoints = pre.normalization.invert(keypoints_n.astype(np.float64))
+        keypoints = self.smoother(keypoints)
+        confidence = keypoint_confidence(weights)
+        up = None
+        if pre.plane is not None:
+            up = pre.plane.normal.detach().cpu().numpy().astype(np.float64)  # towards the sensor = away from table
+        reference = self._reference if self._reference is not None and self._reference.shape == keypoints.shape \
+            else None
+        position, orientation, method = garment_pose(pre.points.astype(np.float64), keypoints, reference, up)
+        ms['postprocess'] = (time.perf_counter() - t1) * 1e3
+        ms['total'] = (time.perf_counter() - start) * 1e3
+        return Detection(
+            reason=None, names=self.names, keypoints=keypoints, confidence=confidence,
+            strengths=np.asarray(strengths, np.float64).reshape(-1), pairs=segment_pairs(k),
+            position=position, orientation=orientation, pose_method=method, points=pre.points,
+            plane=pre.plane, ms=ms, stage_points=dict(pre.report.points))

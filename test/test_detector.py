@@ -1,0 +1,110 @@
+"""Detector: cloud + transform in, keypoints on the garment in the target frame out; failures named."""
+
+from __future__ import annotations
+
+from node_fixtures import StubModel, garment_distance, random_keygrid_file, synthetic_cloud, table_from_camera
+import numpy as np
+import pytest
+
+from keygrid_ros.perception.detector import (
+    Detector,
+    ModelLoadError,
+    load_model,
+    resolve_device,
+    segment_pairs,
+)
+from keygrid_ros.perception.pointcloud2 import read_xyz
+from keygrid_ros.perception.preprocess import PreprocessConfig
+
+
+@pytest.fixture(scope='module')
+def points():
+    return read_xyz(synthetic_cloud(), skip_nans=False)
+
+
+def test_keypoints_lie_on_the_garment_in_the_target_frame(points):
+    detection = Detector(StubModel())(points, table_from_camera())
+    assert detection.ok, detection.reason
+    assert detection.keypoints.shape == (8, 3)
+    assert garment_distance(detection.keypoints).max() < 0.01  # hard mode: keypoints are input points
+    assert detection.names == tuple(f'stub_{i}' for i in range(8))
+    assert ((0 <= detection.confidence) & (detection.confidence <= 1)).all()
+    assert detection.pairs.shape == (28, 2) and detection.strengths.shape == (28,)
+    assert np.isclose(np.linalg.norm(detection.orientation), 1.0)
+    assert abs(detection.position[2]) < 0.05  # centroid of a garment lying on the table (z = 0)
+    for stage in ('crop', 'voxel', 'table', 'cluster', 'sample', 'model', 'postprocess', 'total'):
+        assert stage in detection.ms
+
+
+def test_soft_mode_denormalises_the_model_answer(points):
+    class Centre(StubModel):
+        def predict(self, pts):
+            keypoints, weights, strengths = super().predict(pts)
+            return np.zeros_like(keypoints), weights, strengths  # the centre of the normalised cube
+
+    detection = Detector(Centre(), hard_keypoints=False)(points, table_from_camera())
+    lo, hi = detection.points.min(), detection.points.max()
+    assert np.allclose(detection.keypoints, (lo + hi) / 2, atol=1e-5)  # scalar min/max normalisation
+
+
+def test_smoothing_and_reset_when_the_garment_is_lost(points):
+    detector = Detector(StubModel(), smoothing=0.5)
+    first = detector(points, table_from_camera()).keypoints
+    moved = np.array(points, copy=True)
+    moved[:, 0] += 0.02  # camera x: shifts the garment in the table frame
+    second = detector(moved, table_from_camera()).keypoints
+    raw = Detector(StubModel())(moved, table_from_camera()).keypoints
+    assert np.allclose(second, 0.5 * first + 0.5 * raw, atol=1e-6)
+    assert not detector(points[:10], table_from_camera()).ok  # lost: smoother resets
+    assert np.allclose(detector(moved, table_from_camera()).keypoints, raw)
+
+
+def test_failures_are_reasons_not_exceptions(points):
+    detector = Detector(StubModel())
+    empty = detector(np.full((100, 3), np.nan, np.float32), None)
+    assert not empty.ok and 'crop box' in empty.reason
+    no_table = Detector(StubModel(), PreprocessConfig(table_min_inlier_ratio=0.99))(points, table_from_camera())
+    assert not no_table.ok and 'table' in no_table.reason
+    broken = Detector(StubModel(fail=True))(points, table_from_camera())
+    assert not broken.ok and 'model failed' in broken.reason and 'stub model failure' in broken.reason
+
+
+def test_live_reconfiguration_takes_effect_next_frame(points):
+    detector = Detector(StubModel())
+    assert detector(points, table_from_camera()).ok
+    detector.configure(PreprocessConfig(crop_min=(2.0, 2.0, 2.0), crop_max=(3.0, 3.0, 3.0)))
+    assert 'crop box' in detector(points, table_from_camera()).reason
+
+
+def test_random_keygrid_model_file_end_to_end(points, tmp_path):
+    model = load_model(random_keygrid_file(tmp_path / 'random.safetensors'), device='cpu')
+    detection = Detector(model, PreprocessConfig(num_points=512))(points, table_from_camera())
+    assert detection.ok, detection.reason
+    assert detection.keypoints.shape == (8, 3)
+    assert garment_distance(detection.keypoints).max() < 0.01
+    assert detection.names == ('kp0', 'kp1', 'kp2', 'kp3', 'kp4', 'kp5', 'kp6', 'kp7')
+    assert 0 < detection.confidence.max() < 1  # soft weights reached the confidence
+
+
+def test_model_loading_errors_name_the_file(tmp_path):
+    with pytest.raises(ModelLoadError, match='not found'):
+        load_model(tmp_path / 'missing.safetensors')
+    corrupt = tmp_path / 'corrupt.safetensors'
+    corrupt.write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00not json at all')
+    with pytest.raises(ModelLoadError, match='corrupt.safetensors'):
+        load_model(corrupt)
+    with pytest.raises(ModelLoadError, match='model_type'):
+        load_model(corrupt, model_type='pointnet')
+
+
+def test_device_resolution():
+    device, warning = resolve_device('auto')
+    assert device in ('cpu', 'cuda')
+    assert (warning is None) == (device == 'cuda')
+    assert resolve_device('cpu') == ('cpu', None)
+    with pytest.raises(ValueError):
+        resolve_device('tpu:7')
+
+
+def test_segment_pairs_follow_triu_order():
+    assert segment_pairs(4).tolist() == [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]
