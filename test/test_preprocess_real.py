@@ -84,3 +84,37 @@ def test_clopema_cluster_is_the_garment(clopema, frame):
     assert np.all(points @ found + result.plane.offset > 0.0)
     extent = np.ptp(points, axis=0)
     assert 0.25 < extent.max() < 1.2
+
+
+# PCL table scenes: organised Kinect clouds of objects on a table, camera optical frame. The table
+# pixels were picked by eye in image space (a band in front of the objects), independently of the
+# RANSAC under test.
+PCL_TABLE_PIXELS = {
+    'frame_20121214T142255.814212.pcd': (slice(380, 460), slice(60, 560)),
+    'milk_cartoon_all_small_clorox.pcd': (slice(360, 440), slice(60, 540)),
+    'table_scene_mug_stereo_textured.pcd': (slice(420, 470), slice(160, 620)),
+}
+
+
+@pytest.mark.parametrize('name', sorted(PCL_TABLE_PIXELS))
+def test_pcl_table_plane_matches_least_squares_on_table_pixels(shared_data, name):
+    from keygrid_ros.perception.pcd import read_pcd
+
+    cloud = read_pcd(require(shared_data / 'pcl' / name)).xyz(organized=True)
+    rows, cols = PCL_TABLE_PIXELS[name]
+    table = cloud[rows, cols].reshape(-1, 3)
+    table = table[np.isfinite(table).all(axis=1)].astype(np.float64)
+    for _ in range(3):  # least squares, twice more without 3-sigma outliers (edges, flying pixels)
+        centroid = table.mean(axis=0)
+        normal = np.linalg.eigh(np.cov((table - centroid).T))[1][:, 0]
+        residual = (table - centroid) @ normal
+        table = table[np.abs(residual) < 3 * residual.std()]
+    config = PreprocessConfig(crop_min=(-1.0, -1.0, 0.3), crop_max=(1.0, 1.0, 1.5), table_distance_threshold=0.01)
+    result = Preprocessor(config)(cloud)
+    assert result.plane is not None, result.report.reason
+    found = result.plane.normal.numpy().astype(np.float64)
+    assert np.degrees(np.arccos(min(1.0, abs(found @ normal)))) < 3.0
+    assert float(found @ -centroid) > 0  # oriented towards the camera
+    # Everything kept after table removal lies above the table (the objects), none of it on it.
+    if result.ok:
+        assert np.all(result.points @ found + result.plane.offset > 0.01 - 1e-6)
