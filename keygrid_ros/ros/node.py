@@ -174,7 +174,10 @@ def resolve_model_path(path: str, share: Path | None = None) -> Path:
         if candidate.is_file():
             return candidate
         raise NodeStartupError(f'model file not found: {candidate}')
-    roots = [r for r in (share if share is not None else package_share(), source_root(), Path.cwd()) if r]
+    roots = []
+    for root in (share if share is not None else package_share(), source_root(), Path.cwd()):
+        if root is not None and root.resolve() not in roots:
+            roots.append(root.resolve())
     tried = []
     for root in roots:
         full = root / candidate
