@@ -30,6 +30,8 @@ class TrainConfig:
     val: list[str] = field(default_factory=list)  # held-out sequences; empty: split off ``val_fraction`` of train
     val_fraction: float = 0.1  # of the sequences (or, with a single sequence, of its last frames)
     num_points: int = 2048  # points per training cloud (also the model's ``num_points``)
+    sampling: str = 'fps'  # 'fps' over the mesh vertices (released) or 'surface' (random points on the triangles)
+    augment: dict[str, Any] = field(default_factory=dict)  # keygrid_ros.data.dataset.Augment fields; released: none
     keypoint_names: list[str] = field(default_factory=list)  # default kp0..kpK-1
 
     # --- model: any KeyGridConfig field (num_keypoints, grid_resolution, use_grid_heatmap, ...) ---
@@ -77,6 +79,8 @@ class TrainConfig:
             raise ValueError('batch_size and epochs must be at least 1')
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError('val_fraction must be in [0, 1)')
+        if self.sampling not in ('fps', 'surface'):
+            raise ValueError(f"sampling must be 'fps' or 'surface', got {self.sampling!r}")
         if isinstance(self.train, str):
             self.train = [self.train]
         if isinstance(self.val, str):
@@ -168,4 +172,4 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def dump_config(config: TrainConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (readable back by :func:`load_config`)."""
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None))

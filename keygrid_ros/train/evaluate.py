@@ -1,0 +1,295 @@
+"""Run a keypoint detector over whole sequences and score how consistent its keypoints are.
+
+The pipeline per frame is the training one (:class:`keygrid_ros.data.dataset.SequenceDataset`): N points by
+farthest point sampling over the frame's vertices, Key-Grid's scalar min/max normalisation, then the
+perturbations of the robustness protocol (``reference/keygrid_method.md`` section 6.4), all seeded:
+
+- ``points``: FPS-downsample the input to n points (the first n of the FPS-ordered sample);
+- ``se3``: a uniformly random rotation and a random translation of each frame before normalisation;
+- ``noise``: Gaussian noise, sigma in normalised units, i.i.d. per coordinate, not clipped.
+
+The detector's keypoints are mapped back through the normalisation and the SE(3) transform into the
+sequence's own coordinates, then scored (:mod:`keygrid_ros.train.metrics`):
+
+- ``das_correspondence`` (protocol B, the headline ``das``): ground truth = K vertices chosen by FPS on the
+  first evaluated frame, followed by vertex index; Skeleton Merger forward/backward DAS over the frames;
+- ``das_reference_frame`` (protocol A, SC3K): the first frame's keypoints are the reference. SC3K compares
+  keypoints in each sample's normalised frame, so the keypoints are put in each frame's normalised
+  coordinates first (the normalisation fitted to all of that frame's vertices, unperturbed);
+- ``miou`` at 0.1 (when the file has ground-truth ``keypoints``): keypoints snapped to the nearest sampled
+  vertex (clean position), distances in the file's units (metres), counts pooled over frames and sequences.
+
+Summaries average the per-sequence scores (each sequence counts once, like the paper's per-category means).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+import json
+import math
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from ..data.dataset import Augment, SequenceDataset
+from ..data.sequences import Sequence as MeshSequence
+from ..data.sequences import load_sequence
+from ..normalize import Normalization
+from . import metrics
+
+#: ``points`` (B, N, 3) float32 in the normalised cube -> keypoints (B, K, 3) in the same units.
+KeypointFn = Callable[[torch.Tensor], torch.Tensor]
+
+#: The robustness protocol's levels (section 6.4): noise sigma (normalised units) and FPS point counts.
+NOISE_LEVELS = (0.02, 0.04, 0.06, 0.08)
+POINT_LEVELS = (1024, 512, 256, 128)
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """Test-time input perturbation; all off by default. ``seed`` fixes sampling and perturbations."""
+
+    noise: float = 0.0
+    points: int | None = None
+    se3: bool = False
+    seed: int = 0
+
+    def augment(self) -> Augment:
+        return Augment(noise=self.noise, downsample=self.points, se3=self.se3)
+
+    def label(self) -> str:
+        parts = [f'noise={self.noise:g}' if self.noise else '', f'points={self.points}' if self.points else '',
+                 'se3' if self.se3 else '']
+        return ','.join(p for p in parts if p) or 'clean'
+
+
+class FramePredictions(NamedTuple):
+    """Keypoints of consecutive frames of one sequence."""
+
+    frames: np.ndarray  # (T,) frame numbers
+    keypoints: np.ndarray  # (T, K, 3) float64, in the sequence's own coordinates
+    vertex_indices: np.ndarray  # (T, K) int64: the sampled vertex each keypoint is nearest to (hard: sits on)
+    sample_indices: np.ndarray  # (T, N) int64: the vertices the model saw
+
+
+def model_keypoint_fn(model: torch.nn.Module, hard: bool | None = None) -> KeypointFn:
+    """Wrap a :class:`keygrid_ros.model.keygrid.KeyGrid` (or its DDP wrapper) as a :data:`KeypointFn`.
+
+    Eval mode, no gradients, no reconstruction; ``hard`` defaults to the model config's ``hard_keypoints``.
+    """
+    net = getattr(model, 'module', model)
+    use_hard = net.config.hard_keypoints if hard is None else hard
+
+    def keypoint_fn(points: torch.Tensor) -> torch.Tensor:
+        device = next(net.parameters()).device
+        was_training = net.training
+        net.eval()
+        try:
+            with torch.no_grad():
+                return net(points.to(device), reconstruct=False, hard=use_hard).keypoints.float()
+        finally:
+            net.train(was_training)
+
+    return keypoint_fn
+
+
+def predict_frames(
+    keypoint_fn: KeypointFn,
+    dataset: SequenceDataset,
+    sequence: int,
+    frames: Sequence[int] | None = None,
+    batch_size: int = 16,
+) -> FramePredictions:
+    """Run ``keypoint_fn`` on frames of ``dataset``'s ``sequence`` (default: all of them).
+
+    Keypoints come back in the sequence file's coordinates: normalisation inverted, then SE(3) undone
+    (``augmented = original @ R^T + t``, so ``original = (augmented - t) @ R``).
+    """
+    start = int(np.sum(dataset.frame_counts[:sequence]))  # items are the sequences' frames, one after another
+    count = int(dataset.frame_counts[sequence])
+    frames = list(range(count)) if frames is None else [int(f) for f in frames]
+    loader = DataLoader(Subset(dataset, [start + f for f in frames]), batch_size=batch_size, shuffle=False)
+    keypoints, vertex_ids, samples = [], [], []
+    for batch in loader:
+        points = batch['points']
+        kp = keypoint_fn(points).detach().to('cpu', torch.float64)  # (B, K, 3) normalised
+        nearest = torch.cdist(kp, points.double()).argmin(-1)  # (B, K) into the sample
+        vertex_ids.append(torch.gather(batch['indices'], 1, nearest).numpy())
+        samples.append(batch['indices'].numpy())
+        scale = batch['scale'].double().view(-1, 1, 1)
+        offset = batch['offset'].double().view(-1, 1, 1)
+        augmented = (kp + 1.0) / scale + offset
+        original = (augmented - batch['translation'].double().unsqueeze(1)) @ batch['rotation'].double()
+        keypoints.append(original.numpy())
+    return FramePredictions(np.asarray(frames), np.concatenate(keypoints), np.concatenate(vertex_ids),
+                            np.concatenate(samples))
+
+
+def score_sequence(seq: MeshSequence, pred: FramePredictions, num_ground_truth: int | None = None) -> dict[str, Any]:
+    """Protocols A and B (and mIoU when ``seq`` has ground truth) for one sequence's predictions."""
+    vertices = seq.vertices[pred.frames].astype(np.float64)  # (T, V, 3)
+    kp = pred.keypoints
+    K = kp.shape[1]
+    gt, gt_vertices = metrics.correspondence_ground_truth(vertices, num_ground_truth or K)
+    parts = metrics.das_skeleton_merger(kp, gt)
+    normalised = np.stack([Normalization.fit(v).apply(k) for v, k in zip(vertices, kp)])
+    result: dict[str, Any] = {
+        'source': seq.source,
+        'garment': seq.garment,
+        'motion': seq.motion,
+        'frames': len(pred.frames),
+        'das': parts.das,
+        'das_correspondence': parts.das,
+        'das_reference_frame': metrics.das_reference_frame(normalised) if len(kp) > 1 else float('nan'),
+        'das_forward': parts.forward,
+        'das_backward': parts.backward,
+        'ground_truth_vertices': gt_vertices.tolist(),
+    }
+    if seq.keypoints is not None:
+        clouds = np.take_along_axis(vertices, pred.sample_indices[..., None], axis=1)  # clean sampled points
+        counts = metrics.iou_counts(kp, seq.keypoints[pred.frames], metrics.MIOU_THRESHOLD, cloud=clouds)
+        result.update(miou=counts.miou, miou_counts=asdict(counts))
+    return result
+
+
+def _mean(values) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(values)) if values else float('nan')
+
+
+def summarize(per_sequence: list[dict[str, Any]]) -> dict[str, Any]:
+    """Average the per-sequence scores (overall and per motion); pool the mIoU counts."""
+    keys = ('das', 'das_correspondence', 'das_reference_frame', 'das_forward', 'das_backward')
+    summary: dict[str, Any] = {key: _mean(s[key] for s in per_sequence) for key in keys}
+    counts = [metrics.IoUCounts(**s['miou_counts']) for s in per_sequence if 'miou_counts' in s]
+    summary['miou'] = sum(counts, metrics.IoUCounts()).miou if counts else None
+    summary['frames'] = int(sum(s['frames'] for s in per_sequence))
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for s in per_sequence:
+        groups[s['motion'] or 'unknown'].append(s)
+    summary['by_motion'] = {
+        motion: {**{key: _mean(s[key] for s in group) for key in keys[:3]}, 'sequences': len(group)}
+        for motion, group in sorted(groups.items())
+    }
+    return summary
+
+
+def evaluate_paths(
+    keypoint_fn: KeypointFn,
+    paths: Sequence[str | Path],
+    num_points: int = 2048,
+    perturbation: Perturbation | None = None,
+    batch_size: int = 16,
+    num_ground_truth: int | None = None,
+    max_frames: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate every sequence in ``paths`` (files, OBJ folders, or folders of sequence files).
+
+    Returns the summary (:func:`summarize`) with ``sequences``, the per-sequence results.
+    """
+    perturbation = perturbation or Perturbation()
+    dataset = SequenceDataset(paths, num_points=num_points, augment=perturbation.augment(), seed=perturbation.seed,
+                              max_frames=max_frames, cache_size=1, keypoints=False)
+    per_sequence = []
+    for i, path in enumerate(dataset.files):
+        seq = load_sequence(path)
+        pred = predict_frames(keypoint_fn, dataset, i, batch_size=batch_size)
+        result = score_sequence(seq, pred, num_ground_truth)
+        per_sequence.append(result)
+        if progress:
+            progress(f'{path}: DAS {result["das"]:.1f} (reference frame {result["das_reference_frame"]:.1f}), '
+                     f'{result["frames"]} frames, {perturbation.label()}')
+    return {**summarize(per_sequence), 'perturbation': asdict(perturbation),
+            'points': perturbation.points or num_points, 'sequences': per_sequence}
+
+
+def robustness_sweep(
+    keypoint_fn: KeypointFn,
+    paths: Sequence[str | Path],
+    num_points: int = 2048,
+    seed: int = 0,
+    noise_levels: Sequence[float] = NOISE_LEVELS,
+    point_levels: Sequence[int] = POINT_LEVELS,
+    se3: bool = True,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """DAS under each perturbation of the robustness protocol, one at a time, plus the clean baseline.
+
+    Returns ``{'clean': {...}, 'noise': [{'sigma', 'das', ...}], 'points': [{'points', 'das', ...}],
+    'se3': {...}}`` with both protocols in every entry.
+    """
+
+    def run(perturbation: Perturbation) -> dict[str, Any]:
+        report = evaluate_paths(keypoint_fn, paths, num_points, perturbation, **kwargs)
+        return {key: report[key] for key in ('das', 'das_reference_frame', 'das_correspondence', 'by_motion')}
+
+    sweep: dict[str, Any] = {'clean': run(Perturbation(seed=seed)), 'clean_points': num_points}
+    sweep['noise'] = [{'sigma': s, **run(Perturbation(noise=s, seed=seed))} for s in noise_levels]
+    sweep['points'] = [{'points': n, **run(Perturbation(points=n, seed=seed))} for n in point_levels]
+    if se3:
+        sweep['se3'] = run(Perturbation(se3=True, seed=seed))
+    return sweep
+
+
+def plot_sweep(sweep: dict[str, Any], path: str | Path, title: str = '') -> Path:
+    """PNG: DAS (both protocols) against noise sigma, against input points, and clean vs SE(3)."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), gridspec_kw={'width_ratios': [3, 3, 1.6]})
+    clean = sweep['clean']
+    styles = (('das_correspondence', 'DAS B (correspondence)', 'o-'),
+              ('das_reference_frame', 'DAS A (reference frame)', 's--'))
+    for key, label, style in styles:
+        axes[0].plot([0.0] + [e['sigma'] for e in sweep['noise']], [clean[key]] + [e[key] for e in sweep['noise']],
+                     style, label=label)
+        axes[1].plot([sweep.get('clean_points', 2048)] + [e['points'] for e in sweep['points']],
+                     [clean[key]] + [e[key] for e in sweep['points']], style, label=label)
+    axes[0].set(xlabel='Gaussian noise sigma (normalised units)', ylabel='DAS', ylim=(0, 102))
+    axes[1].set(xlabel='input points (FPS)', ylabel='DAS', ylim=(0, 102), xscale='log')
+    axes[1].set_xticks([2048, 1024, 512, 256, 128], labels=['2048', '1024', '512', '256', '128'])
+    axes[1].invert_xaxis()
+    if 'se3' in sweep:
+        x = np.arange(2)
+        for offset, (key, label, _) in zip((-0.2, 0.2), styles):
+            axes[2].bar(x + offset, [clean[key], sweep['se3'][key]], width=0.4, label=label)
+        axes[2].set_xticks(x, labels=['clean', 'SE(3)'])
+        axes[2].set(ylim=(0, 102))
+    else:
+        axes[2].axis('off')
+    axes[0].legend(loc='lower left')
+    for ax in axes[:2]:
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def to_json(report: dict[str, Any]) -> str:
+    """One line of JSON; NaN (undefined scores) becomes null so every JSON parser reads it."""
+
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        if isinstance(value, (np.floating, np.integer)):
+            return clean(value.item())
+        return value
+
+    return json.dumps(clean(report), separators=(',', ':'))
