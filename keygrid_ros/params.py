@@ -118,11 +118,22 @@ DETECT_PARAMS: tuple[ParamSpec, ...] = (
     _p('cluster.enabled', True, 'Keep one Euclidean cluster: the garment.'),
     _p('cluster.tolerance', 0.015, 'Points closer than this (metres) belong to the same cluster.',
        min=0.001, max=0.2),
-    _p('cluster.min_points', 200, 'Smallest cluster accepted as a garment (points after voxelising).',
+    _p('cluster.min_points', 500, 'Smallest cluster accepted as a garment (points after voxelising; 500 voxels of '
+       '4 mm cover 80 cm²).',
        min=1, max=1000000),
     _p('cluster.min_cell_points', 3, 'Cells of the clustering grid (edge = tolerance) holding fewer points '
        'than this are noise and join no cluster: it stops sensor speckles left on the table from chaining '
        'into one table-sized cluster. 1 = plain Euclidean clustering.', min=1, max=1000),
+    _p('cluster.min_extent', 0.15, 'A garment is at least this wide (largest side of its bounding box, '
+       'metres): smaller clusters (cans, mugs, hands) are not garments.', min=0.0, max=5.0),
+    _p('cluster.max_extent', 1.5, 'A garment is at most this wide (metres): bigger clusters are walls, '
+       'shelves or the robot.', min=0.01, max=20.0),
+    _p('cluster.max_gap', 0.05, 'With table removal on, a garment rests on the table: its lowest point must '
+       'be within this distance of the table plane (metres).', min=0.0, max=5.0),
+    _p('cluster.min_height', 0.015, 'With table removal on, a garment stands out of the table: the 99th '
+       'percentile of its height above the plane must reach this (metres). Stops flat patches of sensor '
+       'noise counting as garments; lower it (or 0) for thin cloth spread flat on a clean table.',
+       min=0.0, max=1.0),
     _p('cluster.select', 'largest', "Which cluster is the garment: 'largest', or 'nearest_center' "
        '(the one whose centroid is nearest the crop box centre).',
        choices=('largest', 'nearest_center')),

@@ -118,3 +118,15 @@ def test_pcl_table_plane_matches_least_squares_on_table_pixels(shared_data, name
     # Everything kept after table removal lies above the table (the objects), none of it on it.
     if result.ok:
         assert np.all(result.points @ found + result.plane.offset > 0.01 - 1e-6)
+
+
+def test_moveit_kinect_scene_has_no_garment(shared_data):
+    """A real Kinect view of a floor, a wall and a can: the front end must say there is no garment."""
+    from keygrid_ros.perception.cloud_io import load_cloud
+    from keygrid_ros.perception.pointcloud2 import read_xyz
+
+    message = load_cloud(require(shared_data / 'moveit' / 'perception_tutorial_ros2_mcap'))
+    result = Preprocessor()(read_xyz(message, skip_nans=False))
+    assert not result.ok
+    assert result.report.reason.startswith('no garment')
+    assert result.plane is not None and result.plane.inlier_ratio > 0.5  # the floor was found

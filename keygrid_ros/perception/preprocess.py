@@ -7,7 +7,8 @@ Stages (each optional, configured from the node's parameters, see ``config/detec
 2. ``voxel``: one averaged point per voxel, so the later stages cost the same at any camera range.
 3. ``table``: the dominant plane by RANSAC (reported, so the caller can publish it); points on it
    and, optionally, behind it are removed.
-4. ``cluster``: the garment is the largest Euclidean cluster (or the one nearest the box centre).
+4. ``cluster``: the garment is the largest Euclidean cluster (or the one nearest the box centre) that is
+   garment-sized and rests on the table: cans, walls and robot arms are not garments.
 5. ``sample``: farthest point sampling to ``num_points``, kept in FPS order.
 6. ``normalize``: Key-Grid's scalar min/max normalisation to [-1, 1] (exactly invertible).
 
@@ -51,8 +52,12 @@ class PreprocessConfig:
     table_max_tilt_deg: float = 0.0
     cluster_enabled: bool = True
     cluster_tolerance: float = 0.015
-    cluster_min_points: int = 200
+    cluster_min_points: int = 500
     cluster_min_cell_points: int = 3
+    cluster_min_extent: float = 0.15
+    cluster_max_extent: float = 1.5
+    cluster_max_gap: float = 0.05
+    cluster_min_height: float = 0.015
     cluster_select: str = 'largest'
     num_points: int = 2048
     min_points: int = 256
@@ -77,6 +82,10 @@ class PreprocessConfig:
             cluster_tolerance=merged['cluster.tolerance'],
             cluster_min_points=merged['cluster.min_points'],
             cluster_min_cell_points=merged['cluster.min_cell_points'],
+            cluster_min_extent=merged['cluster.min_extent'],
+            cluster_max_extent=merged['cluster.max_extent'],
+            cluster_max_gap=merged['cluster.max_gap'],
+            cluster_min_height=merged['cluster.min_height'],
             cluster_select=merged['cluster.select'],
             num_points=merged['num_points'],
             min_points=merged['min_points'],
@@ -183,7 +192,7 @@ class Preprocessor:
         report.points['voxel'] = int(voxels.shape[0])
         watch.lap('voxel')
 
-        plane = None
+        plane, height = None, None
         if cfg.table_enabled:
             plane = fit_plane(voxels, cfg.table_distance_threshold, cfg.table_iterations,
                               sensor_origin=sensor_origin, up=self._up, max_tilt_deg=cfg.table_max_tilt_deg)
@@ -198,12 +207,13 @@ class Preprocessor:
             if not cfg.table_remove_below:
                 off_table |= distance < -cfg.table_distance_threshold
             voxels = voxels[off_table]
+            height = distance[off_table].cpu().numpy()
             report.points['table'] = int(voxels.shape[0])
             watch.lap('table')
 
         candidates = voxels.cpu().numpy()
         if cfg.cluster_enabled:
-            candidates, reason = self._isolate(candidates)
+            candidates, reason = self._isolate(candidates, height)
             watch.lap('cluster')
             report.points['cluster'] = int(candidates.shape[0])
             if reason:
@@ -221,20 +231,45 @@ class Preprocessor:
         return PreprocessResult(model_input=model_input, points=selected, normalization=normalization,
                                 plane=plane, report=report)
 
-    def _isolate(self, points: np.ndarray) -> tuple[np.ndarray, str | None]:
-        """Pick the garment cluster; returns its points, or an empty array and the reason."""
+    def _isolate(self, points: np.ndarray, height: np.ndarray | None) -> tuple[np.ndarray, str | None]:
+        """Pick the garment cluster; returns its points, or an empty array and the reason.
+
+        ``height`` (N,) is each point's distance above the table (None without table removal). A
+        cluster qualifies as a garment when it is big enough, garment-sized (``min_extent`` to
+        ``max_extent`` across) and, with a table, rests on it (lowest point within ``max_gap``) and
+        stands out of it (99th-percentile height at least ``min_height``: depth cameras bend flat
+        tables by several millimetres towards the image corners, and such patches are not garments).
+        """
         cfg = self.config
         clusters = euclidean_clusters(points, cfg.cluster_tolerance, cfg.cluster_min_cell_points)
         big = np.flatnonzero(clusters.sizes >= cfg.cluster_min_points)
         if big.size == 0:
             largest = int(clusters.sizes.max()) if clusters.sizes.size else 0
-            return points[:0], (f'no cluster of at least {cfg.cluster_min_points} points above the table '
-                                f'(largest has {largest}): no garment in view?')
+            return points[:0], (f'no garment: no cluster of at least {cfg.cluster_min_points} points above the '
+                                f'table (largest has {largest})')
+        qualified, rejected = [], []
+        for label in big[np.argsort(-clusters.sizes[big])]:
+            members = clusters.labels == label
+            extent = float(np.ptp(points[members], axis=0).max())
+            gap = float(height[members].min()) if height is not None else 0.0
+            if extent < cfg.cluster_min_extent:
+                rejected.append(f'{clusters.sizes[label]} points only {extent:.2f} m across')
+            elif extent > cfg.cluster_max_extent:
+                rejected.append(f'{clusters.sizes[label]} points {extent:.2f} m across')
+            elif gap > cfg.cluster_max_gap:
+                rejected.append(f'{clusters.sizes[label]} points {gap:.2f} m above the table')
+            elif height is not None and (top := float(np.percentile(height[members], 99))) < cfg.cluster_min_height:
+                rejected.append(f'{clusters.sizes[label]} points at most {top * 1000:.0f} mm high')
+            else:
+                qualified.append(label)
+        if not qualified:
+            return points[:0], ('no garment: no cluster is garment-sized and resting on the table ('
+                                + '; '.join(rejected[:3]) + ')')
         if cfg.cluster_select == 'nearest_center':
-            centroids = np.stack([points[clusters.labels == label].mean(axis=0) for label in big])
-            chosen = big[int(np.argmin(np.linalg.norm(centroids - self._box_centre, axis=1)))]
+            centroids = np.stack([points[clusters.labels == label].mean(axis=0) for label in qualified])
+            chosen = qualified[int(np.argmin(np.linalg.norm(centroids - self._box_centre, axis=1)))]
         else:
-            chosen = big[int(np.argmax(clusters.sizes[big]))]
+            chosen = qualified[0]  # sorted by size
         return points[clusters.labels == chosen], None
 
     @staticmethod
