@@ -230,6 +230,7 @@ def robustness_sweep(
         return {key: report[key] for key in ('das', 'das_reference_frame', 'das_correspondence', 'by_motion')}
 
     sweep: dict[str, Any] = {'clean': run(Perturbation(seed=seed)), 'clean_points': num_points}
+    point_levels = [n for n in point_levels if n < num_points]  # downsampling only
     sweep['noise'] = [{'sigma': s, **run(Perturbation(noise=s, seed=seed))} for s in noise_levels]
     sweep['points'] = [{'points': n, **run(Perturbation(points=n, seed=seed))} for n in point_levels]
     if se3:
@@ -248,15 +249,15 @@ def plot_sweep(sweep: dict[str, Any], path: str | Path, title: str = '') -> Path
     clean = sweep['clean']
     styles = (('das_correspondence', 'DAS B (correspondence)', 'o-'),
               ('das_reference_frame', 'DAS A (reference frame)', 's--'))
+    counts = [sweep.get('clean_points', 2048)] + [e['points'] for e in sweep['points']]
+    positions = np.arange(len(counts))  # evenly spaced: the levels halve each time
     for key, label, style in styles:
         axes[0].plot([0.0] + [e['sigma'] for e in sweep['noise']], [clean[key]] + [e[key] for e in sweep['noise']],
                      style, label=label)
-        axes[1].plot([sweep.get('clean_points', 2048)] + [e['points'] for e in sweep['points']],
-                     [clean[key]] + [e[key] for e in sweep['points']], style, label=label)
+        axes[1].plot(positions, [clean[key]] + [e[key] for e in sweep['points']], style, label=label)
     axes[0].set(xlabel='Gaussian noise sigma (normalised units)', ylabel='DAS', ylim=(0, 102))
-    axes[1].set(xlabel='input points (FPS)', ylabel='DAS', ylim=(0, 102), xscale='log')
-    axes[1].set_xticks([2048, 1024, 512, 256, 128], labels=['2048', '1024', '512', '256', '128'])
-    axes[1].invert_xaxis()
+    axes[1].set(xlabel='input points (FPS downsampling)', ylabel='DAS', ylim=(0, 102))
+    axes[1].set_xticks(positions, labels=[str(n) for n in counts])
     if 'se3' in sweep:
         x = np.arange(2)
         for offset, (key, label, _) in zip((-0.2, 0.2), styles):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import datetime as dt
+import glob
 import json
 import logging
 import math
@@ -188,9 +189,7 @@ def _expand(entries: list[str]) -> list[str]:
     out: list[str] = []
     for entry in entries:
         if any(ch in entry for ch in '*?['):
-            matches = sorted(str(p) for p in Path('/').glob(entry.lstrip('/'))) if entry.startswith('/') else \
-                sorted(str(p) for p in Path().glob(entry))
-            out.extend(matches or [entry])
+            out.extend(sorted(glob.glob(entry, recursive=True)) or [entry])
         else:
             out.append(entry)
     return out

@@ -1,0 +1,140 @@
+"""keygrid evaluate / predict on a tiny model file and synthetic sequences: JSON contract, coordinates, sweep."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from keygrid_ros.cli import main
+from keygrid_ros.data.dataset import SequenceDataset
+from keygrid_ros.data.sequences import Sequence, load_sequence, save_sequence
+from keygrid_ros.model.config import KeyGridConfig
+from keygrid_ros.model.io import save_model
+from keygrid_ros.model.keygrid import KeyGrid
+from keygrid_ros.train import evaluate, metrics
+
+TINY = KeyGridConfig(
+    num_points=256, sa_npoints=(128, 64, 16, 8), sa_nsamples=((8, 16),) * 4,
+    sa_mlps=(((8, 8, 16), (8, 8, 16)), ((16, 16, 32), (16, 16, 32)), ((32, 32, 64), (32, 32, 64)),
+             ((64, 64, 64), (64, 64, 64))),
+    grid_resolution=(8, 8, 4), num_keypoints=6,
+)
+NAMES = ['collar', 'hem_l', 'hem_r', 'sleeve_l', 'sleeve_r', 'centre']
+
+
+def sheet(frames: int = 6, n: int = 18, motion: str = 'fold', with_keypoints: bool = True) -> Sequence:
+    """A sheet that bends and falls (metres), optionally with 4 corner keypoints as ground truth."""
+    u, v = np.meshgrid(np.linspace(0, 0.6, n), np.linspace(0, 0.4, n), indexing='ij')
+    base = np.stack([u.ravel(), v.ravel(), np.zeros(u.size)], -1)
+    faces = [[i * n + j, (i + 1) * n + j, i * n + j + 1] for i in range(n - 1) for j in range(n - 1)]
+    verts = []
+    for t in range(frames):
+        frame = base.copy()
+        frame[:, 2] = 0.15 * t / frames * np.sin(np.pi * frame[:, 0] / 0.6) + 0.5 - 0.05 * t
+        verts.append(frame + [1.0, -2.0, 0.0])
+    verts = np.asarray(verts, np.float32)
+    corners = [0, n - 1, n * (n - 1), n * n - 1]
+    return Sequence(verts, np.asarray(faces, np.int32), 'sheet', motion,
+                    verts[:, corners] if with_keypoints else None, ['a', 'b', 'c', 'd'] if with_keypoints else None)
+
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp('evaluate')
+    torch.manual_seed(0)
+    model = save_model(folder / 'tiny.safetensors', KeyGrid(TINY).eval(), keypoint_names=NAMES,
+                       training_data={'train': ['synthetic']}, metrics={'val_das': 50.0})
+    data = folder / 'data'
+    save_sequence(data / 'fold.npz', sheet(motion='fold'))
+    save_sequence(data / 'drop.npz', sheet(frames=5, motion='drop', with_keypoints=False))
+    return {'model': model, 'data': data, 'fold': data / 'fold.npz', 'drop': data / 'drop.npz', 'dir': folder}
+
+
+def last_json(capsys) -> dict:
+    out = capsys.readouterr().out.strip().splitlines()
+    return json.loads(out[-1])
+
+
+def test_evaluate_json_contract(files, capsys):
+    assert main(['evaluate', '--model', str(files['model']), '--data', str(files['data']), '--json',
+                 '--device', 'cpu']) == 0
+    report = last_json(capsys)
+    for key in ('das', 'das_reference_frame', 'das_correspondence', 'sequences'):
+        assert key in report
+    assert report['das'] == report['das_correspondence']
+    assert 0 <= report['das'] <= 100 and 0 <= report['das_reference_frame'] <= 100
+    assert len(report['sequences']) == 2 and report['frames'] == 11
+    by_source = {Path(s['source']).name: s for s in report['sequences']}
+    assert by_source['fold.npz']['miou'] is not None and 'miou' not in by_source['drop.npz']
+    assert set(report['by_motion']) == {'drop', 'fold'}
+    assert report['miou'] is not None  # pooled over the sequences that have ground truth
+
+
+def test_evaluate_perturbations_are_seeded(files, capsys):
+    args = ['evaluate', '--model', str(files['model']), '--data', str(files['fold']), '--json', '--device', 'cpu',
+            '--noise', '0.04', '--points', '128', '--se3', '--seed', '3']
+    assert main(args) == 0
+    first = last_json(capsys)
+    assert main(args) == 0
+    assert last_json(capsys) == first
+    assert first['perturbation'] == {'noise': 0.04, 'points': 128, 'se3': True, 'seed': 3}
+    assert first['points'] == 128
+
+
+def test_evaluate_errors_name_the_file(files, tmp_path, capsys):
+    assert main(['evaluate', '--model', str(tmp_path / 'missing.safetensors'), '--data', str(files['fold']),
+                 '--json']) == 2
+    assert 'missing.safetensors' in capsys.readouterr().err
+
+
+def test_predict_writes_keypoints_in_input_coordinates(files, tmp_path):
+    out = tmp_path / 'kp.npz'
+    assert main(['predict', '--model', str(files['model']), '--data', str(files['fold']), '--out', str(out),
+                 '--device', 'cpu']) == 0
+    with np.load(out) as kp:
+        keypoints, names, vertex_ids = kp['keypoints'], kp['keypoint_names'], kp['vertex_indices']
+    seq = load_sequence(files['fold'])
+    assert keypoints.dtype == np.float32 and keypoints.shape == (seq.frames, TINY.num_keypoints, 3)
+    assert names.tolist() == NAMES
+    # Hard keypoints are input points: each one sits on a mesh vertex of its own frame, in metres.
+    on_vertex = np.take_along_axis(seq.vertices, vertex_ids[..., None], axis=1)
+    np.testing.assert_allclose(keypoints, on_vertex, atol=1e-5)
+
+
+def test_predict_frames_inverts_normalisation_and_se3(files):
+    """An 'identity' detector (keypoints = the first K input points) must come back onto the mesh vertices."""
+    seq = load_sequence(files['fold'])
+    dataset = SequenceDataset([files['fold']], num_points=200, augment=evaluate.Perturbation(se3=True).augment(),
+                              seed=1, keypoints=False)
+    pred = evaluate.predict_frames(lambda points: points[:, :4], dataset, 0, batch_size=4)
+    expected = np.take_along_axis(seq.vertices, pred.sample_indices[:, :4, None], axis=1)
+    np.testing.assert_allclose(pred.keypoints, expected, atol=1e-5)
+    np.testing.assert_array_equal(pred.vertex_indices, pred.sample_indices[:, :4])
+
+
+def test_score_sequence_of_the_ground_truth_is_perfect(files):
+    seq = load_sequence(files['fold'])
+    gt, gt_vertices = metrics.correspondence_ground_truth(seq.vertices, 6)
+    T = seq.frames
+    pred = evaluate.FramePredictions(np.arange(T), gt, np.tile(gt_vertices, (T, 1)), np.tile(gt_vertices, (T, 1)))
+    scores = evaluate.score_sequence(seq, pred)
+    assert scores['das'] == pytest.approx(100.0) and scores['das_reference_frame'] == pytest.approx(100.0)
+    assert scores['ground_truth_vertices'] == gt_vertices.tolist()
+
+
+def test_robustness_sweep_json_and_plot(files, tmp_path, capsys):
+    prefix = tmp_path / 'sweep'
+    assert main(['evaluate', '--model', str(files['model']), '--data', str(files['fold']), '--json', '--device',
+                 'cpu', '--sweep', '--sweep-out', str(prefix)]) == 0
+    report = last_json(capsys)
+    sweep = json.loads(Path(f'{prefix}.json').read_text())
+    assert Path(report['plot']).is_file() and Path(report['plot']).stat().st_size > 10_000
+    assert [e['sigma'] for e in sweep['noise']] == [0.02, 0.04, 0.06, 0.08]
+    assert [e['points'] for e in sweep['points']] == [128]  # only levels below the model's 256 points
+    for entry in [sweep['clean'], sweep['se3'], *sweep['noise'], *sweep['points']]:
+        assert 0 <= entry['das'] <= 100 and 0 <= entry['das_reference_frame'] <= 100
+    assert report['robustness']['clean']['das'] == pytest.approx(report['das'])
