@@ -488,19 +488,16 @@ def _train(config: TrainConfig, resume: bool | str, ddp: Distributed) -> TrainRe
                 tick = time.perf_counter()  # exclude logging and checkpoints from the throughput
             if bar is not None:
                 bar.close()
-            if batch_done < steps_per_epoch:  # stopped by max_steps inside the epoch
-                write_checkpoint(epoch, batch_done)
-                break
-
-            # --- end of epoch: validate (rank 0), keep the best, checkpoint ---
-            epoch += 1
-            batch_done = 0
-            last_epoch = epoch == config.epochs or bool(config.max_steps and step >= config.max_steps)
+            # --- end of the epoch (or of training, when max_steps stopped it inside one): validate (rank 0),
+            # keep the best and the last model, checkpoint ---
+            stopped_inside = batch_done < steps_per_epoch
+            if not stopped_inside:
+                epoch, batch_done = epoch + 1, 0
+            last = epoch == config.epochs or bool(config.max_steps and step >= config.max_steps)
             _sync_buffers(net, ddp)
-            report = None
             if ddp.main:
-                do_val = (config.val_every and epoch % config.val_every == 0) or last_epoch
-                report = _validate(net, val, config) if do_val else None
+                periodic = not stopped_inside and bool(config.val_every) and epoch % config.val_every == 0
+                report = _validate(net, val, config) if periodic or last else None
                 if report is not None:
                     last_das = report['das']
                     _log_validation(writer, run_dir, report, epoch, step)
@@ -509,13 +506,16 @@ def _train(config: TrainConfig, resume: bool | str, ddp: Distributed) -> TrainRe
                     if best_das is None or report['das'] > best_das:
                         best_das = report['das']
                         export(run_dir / MODEL_BEST, report, epoch)
-                if config.picture_every and (epoch % config.picture_every == 0 or last_epoch):
+                picture = not stopped_inside and config.picture_every and epoch % config.picture_every == 0
+                if config.picture_every and (picture or last):
                     writer.add_figure('keypoints', _keypoint_figure(net, val, train_set), step)
                 export(run_dir / MODEL_LAST, report, epoch)
                 writer.add_scalar('train/epoch', epoch, step)
                 writer.flush()
             ddp.barrier()
-            write_checkpoint(epoch, 0)
+            write_checkpoint(epoch, batch_done)
+            if stopped_inside:
+                break
     except NonFiniteLossError as exc:
         if writer is not None:
             writer.close()
