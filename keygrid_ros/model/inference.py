@@ -1,0 +1,163 @@
+"""What the node runs: a model file in, keypoints out (encoder only, under ``inference_mode``).
+
+::
+
+    model = KeypointModel.load('models/shirt.safetensors', device='auto')
+    pred = model.predict(points_norm)          # (N, 3) or (B, N, 3), normalised, FPS-ordered by default
+    pred.keypoints                             # (B, K, 3) normalised units
+    pred.weights                               # (B, K, N) per-point weights (one-hot rows in hard mode)
+    pred.strengths                             # (B, K(K-1)/2) segment strengths, pairs in model.segment_pairs
+    model.keypoint_names, model.metadata
+
+The outputs are numpy arrays for numpy input and tensors (on the model's device) for tensor input.
+Denormalise with :class:`keygrid_ros.normalize.Normalization` (``invert``).
+
+Also the deployment export: :func:`export_detector` gives a ``torch.export`` program of the encoder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import KeyGridConfig
+from .encoder import KeypointEncoder
+from .io import load_model
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str | torch.device = 'auto') -> torch.device:
+    """``'auto'`` -> cuda when available, else cpu (with a warning: the node is meant to have a GPU)."""
+    if str(device) == 'auto':
+        if torch.cuda.is_available():
+            return torch.device('cuda')
+        log.warning('no CUDA device: running the keypoint model on the CPU')
+        return torch.device('cpu')
+    return torch.device(device)
+
+
+class KeypointDetector(nn.Module):
+    """The encoder as a plain tensor function, for inference and export: points (B, N, 3) ->
+    ``(keypoints (B, K, 3), weights (B, K, N), strengths (B, K(K-1)/2))``."""
+
+    def __init__(self, encoder: KeypointEncoder, hard: bool):
+        super().__init__()
+        self.encoder = encoder
+        self.hard = bool(hard)
+
+    def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.encoder(points, hard=self.hard)
+        return out.keypoints, out.weights, out.strengths
+
+
+class Prediction(NamedTuple):
+    keypoints: Any  # (B, K, 3) normalised units
+    weights: Any  # (B, K, N)
+    strengths: Any  # (B, K(K-1)/2)
+
+
+class KeypointModel:
+    """A loaded Key-Grid encoder with its metadata; see the module docstring."""
+
+    def __init__(self, detector: KeypointDetector, metadata: dict[str, Any], device: torch.device,
+                 compile: bool = False):
+        self.detector = detector.to(device).eval()
+        self.metadata = metadata
+        self.device = device
+        self._run = torch.compile(self.detector, dynamic=False) if compile else self.detector
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = 'auto',
+        *,
+        hard: bool | None = None,
+        fps_prefix: bool | None = None,
+        compile: bool = False,
+    ) -> KeypointModel:
+        """Load a model file for inference.
+
+        ``hard``: snap keypoints to input points (default: the file's ``hard_keypoints``, True as released).
+        ``fps_prefix``: inputs arrive in farthest-point order (default: the file's setting, True); pass False
+        to let the model order unordered clouds itself (slower). ``compile``: ``torch.compile`` the encoder
+        (faster per call after a compile of tens of seconds on the first call; see :meth:`warmup`).
+        """
+        device = resolve_device(device)
+        model, metadata = load_model(Path(path), encoder_only=True, device='cpu')
+        config: KeyGridConfig = model.config
+        if fps_prefix is not None and fps_prefix != config.fps_prefix:
+            model.encoder.config = config = config.replace(fps_prefix=fps_prefix)
+        hard = config.hard_keypoints if hard is None else hard
+        return cls(KeypointDetector(model.encoder, hard), metadata, device, compile=compile)
+
+    @property
+    def config(self) -> KeyGridConfig:
+        return self.detector.encoder.config
+
+    @property
+    def hard(self) -> bool:
+        return self.detector.hard
+
+    @property
+    def num_keypoints(self) -> int:
+        return self.config.num_keypoints
+
+    @property
+    def keypoint_names(self) -> list[str]:
+        return list(self.metadata['keypoint_names'])
+
+    @property
+    def segment_pairs(self) -> np.ndarray:
+        """``(K(K-1)/2, 2)`` keypoint index pairs, in the order of ``strengths``."""
+        K = self.num_keypoints
+        return torch.triu_indices(K, K, offset=1).t().numpy()
+
+    def predict(self, points: np.ndarray | torch.Tensor) -> Prediction:
+        """Normalised points (N, 3) or (B, N, 3) -> :class:`Prediction` with a batch axis."""
+        as_numpy = not isinstance(points, torch.Tensor)
+        x = torch.as_tensor(np.asarray(points) if as_numpy else points)
+        if x.ndim == 2:
+            x = x.unsqueeze(0)
+        if x.ndim != 3 or x.shape[-1] != 3:
+            raise ValueError(f'expected points (N, 3) or (B, N, 3), got shape {tuple(x.shape)}')
+        if x.shape[1] == 0:
+            raise ValueError('cannot detect keypoints on an empty cloud')
+        x = x.to(device=self.device, dtype=torch.float32)
+        with torch.inference_mode():
+            keypoints, weights, strengths = self._run(x)
+        if as_numpy:
+            return Prediction(keypoints.cpu().numpy(), weights.cpu().numpy(), strengths.cpu().numpy())
+        return Prediction(keypoints, weights, strengths)
+
+    def warmup(self, batch: int = 1, num_points: int | None = None) -> None:
+        """Run once on a dummy cloud (compiles the encoder when ``compile=True``)."""
+        n = num_points or self.config.num_points
+        generator = torch.Generator().manual_seed(0)
+        self.predict(torch.rand(batch, n, 3, generator=generator) * 2 - 1)
+
+
+def export_detector(
+    encoder: KeypointEncoder, example: torch.Tensor, hard: bool = True, dynamic_batch: bool = True
+) -> torch.export.ExportedProgram:
+    """``torch.export`` the encoder for deployment (e.g. AOTInductor), from an example cloud (B, N, 3).
+
+    The exported graph takes inputs in farthest-point order (``fps_prefix``); the in-model FPS loop is not
+    exportable. Save it with ``torch.export.save``. This package never loads such files (that would
+    unpickle): its own model format is safetensors (:mod:`keygrid_ros.model.io`).
+    """
+    if not encoder.config.fps_prefix:
+        raise ValueError('export needs fps_prefix=True: order the input by FPS before the exported graph')
+    detector = KeypointDetector(encoder, hard).eval()
+    dynamic_shapes = None
+    if dynamic_batch:
+        dynamic_shapes = ({0: torch.export.Dim('batch', min=1, max=1024)},)
+    with torch.no_grad():
+        return torch.export.export(detector, (example,), dynamic_shapes=dynamic_shapes)

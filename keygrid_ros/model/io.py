@@ -1,0 +1,229 @@
+"""Model files: safetensors weights + JSON metadata. Nothing is ever unpickled.
+
+A file holds the state dict of a :class:`KeyGrid` (all of it, or only the encoder) and string metadata:
+
+=================  ===========================================================================
+key                value
+=================  ===========================================================================
+format             ``keygrid_ros.keygrid``
+format_version     ``1`` (files from a newer version are refused)
+contents           ``full`` (encoder + decoder) or ``encoder``
+config             JSON of :class:`KeyGridConfig` (the architecture and the training settings)
+num_keypoints      K, also inside ``config`` (top level for tools that only read metadata)
+num_points         N the model was trained on
+grid_resolution    JSON list, e.g. ``[16, 16, 8]``
+sigma2             heatmap Gaussian width, normalised units
+normalization      ``keygrid_minmax_scalar`` (see :mod:`keygrid_ros.normalize`)
+keypoint_names     JSON list of K names
+training_data      JSON (free-form: datasets, garments, frames, ...)
+metrics            JSON (free-form: DAS, losses, ...)
+weights_sha256     checksum of every tensor (name, dtype, shape, bytes), to catch corrupt files
+torch_version      the torch that wrote the file
+=================  ===========================================================================
+
+Loading checks the metadata against the requested architecture and refuses a mismatch, naming every field
+that differs; a truncated or corrupt file raises :class:`ModelFileError` saying so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+from safetensors.torch import save_file
+import torch
+
+from .config import ARCHITECTURE_FIELDS, KeyGridConfig
+from .keygrid import KeyGrid
+
+FORMAT = 'keygrid_ros.keygrid'
+FORMAT_VERSION = 1
+NORMALIZATION = 'keygrid_minmax_scalar'
+_JSON_KEYS = ('config', 'grid_resolution', 'keypoint_names', 'training_data', 'metrics')
+_REQUIRED_KEYS = ('format', 'format_version', 'contents', 'config', 'normalization', 'keypoint_names',
+                  'weights_sha256')
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be used: unreadable, corrupt, or made for another architecture."""
+
+
+def default_keypoint_names(num_keypoints: int) -> list[str]:
+    return [f'kp{i}' for i in range(num_keypoints)]
+
+
+def save_model(
+    path: str | os.PathLike,
+    model: KeyGrid,
+    *,
+    keypoint_names: list[str] | None = None,
+    training_data: Any = None,
+    metrics: Any = None,
+    encoder_only: bool = False,
+) -> Path:
+    """Write ``model`` to ``path`` (.safetensors); ``encoder_only`` keeps just what inference needs."""
+    config = model.config
+    names = list(keypoint_names) if keypoint_names is not None else default_keypoint_names(config.num_keypoints)
+    if len(names) != config.num_keypoints:
+        raise ValueError(f'{len(names)} keypoint names for {config.num_keypoints} keypoints')
+    state = model.state_dict()
+    if encoder_only:
+        state = {k: v for k, v in state.items() if k.startswith('encoder.')}
+        config = config.replace(use_decoder=False)
+    tensors = {name: tensor.detach().to('cpu').contiguous() for name, tensor in state.items()}
+    metadata = {
+        'format': FORMAT,
+        'format_version': str(FORMAT_VERSION),
+        'contents': 'encoder' if not config.use_decoder else 'full',
+        'config': json.dumps(config.to_dict()),
+        'num_keypoints': str(config.num_keypoints),
+        'num_points': str(config.num_points),
+        'grid_resolution': json.dumps(list(config.grid_resolution)),
+        'sigma2': repr(config.sigma2),
+        'normalization': NORMALIZATION,
+        'keypoint_names': json.dumps(names),
+        'training_data': json.dumps(training_data),
+        'metrics': json.dumps(metrics),
+        'weights_sha256': _checksum(tensors),
+        'torch_version': torch.__version__,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + '.tmp')
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)  # never leave a half-written model file under the real name
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The file's metadata, JSON fields decoded, after checking the format (not the weights)."""
+    path = Path(path)
+    raw, _ = _open(path, load_tensors=False)
+    return _decode_metadata(path, raw)
+
+
+def load_model(
+    path: str | os.PathLike,
+    config: KeyGridConfig | None = None,
+    *,
+    encoder_only: bool = False,
+    device: str | torch.device = 'cpu',
+) -> tuple[KeyGrid, dict[str, Any]]:
+    """Load a model (in eval mode) and its decoded metadata.
+
+    ``config`` is the architecture the caller expects: the file must agree on every field in
+    :data:`ARCHITECTURE_FIELDS` (the sampling, inference and training fields are taken from ``config``).
+    Without it the file's own config is used. ``encoder_only`` builds a model without the decoder (what
+    inference needs), from either kind of file.
+    """
+    path = Path(path)
+    raw, tensors = _open(path, load_tensors=True)
+    metadata = _decode_metadata(path, raw)
+    stored = metadata['config']
+    if config is None:
+        config = stored
+    else:
+        _check_architecture(path, stored, config)
+    if encoder_only:
+        config = config.replace(use_decoder=False)
+    elif config.use_decoder and not stored.use_decoder:
+        raise ModelFileError(f'{path}: holds only the encoder; load it with encoder_only=True '
+                             'or train a full model to fine-tune the decoder')
+    if _checksum(tensors) != metadata['weights_sha256']:
+        raise ModelFileError(f'{path}: the weights do not match their checksum (the file is corrupt)')
+
+    model = KeyGrid(config)
+    expected = model.state_dict()
+    if not config.use_decoder:
+        tensors = {k: v for k, v in tensors.items() if k.startswith('encoder.')}
+    problems = _compare_tensors(tensors, expected)
+    if problems:
+        raise ModelFileError(f'{path}: the weights do not fit the architecture in its metadata: ' + '; '.join(problems))
+    model.load_state_dict(tensors, strict=True)
+    return model.to(device).eval(), metadata
+
+
+def _open(path: Path, load_tensors: bool) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Header metadata and (optionally) the tensors, any read failure turned into a ModelFileError."""
+    if not path.is_file():
+        raise ModelFileError(f'{path}: no such model file')
+    try:
+        with safe_open(str(path), framework='pt', device='cpu') as f:
+            raw = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()} if load_tensors else {}
+    except Exception as exc:  # safetensors raises its own error types for every kind of damage
+        raise ModelFileError(f'{path}: not a readable safetensors model file (truncated or corrupt?): {exc}') from exc
+    return raw, tensors
+
+
+def _decode_metadata(path: Path, raw: dict[str, str]) -> dict[str, Any]:
+    if raw.get('format') != FORMAT:
+        raise ModelFileError(f'{path}: not a Key-Grid model file (format {raw.get("format")!r}, expected {FORMAT!r})')
+    missing = [key for key in _REQUIRED_KEYS if key not in raw]
+    if missing:
+        raise ModelFileError(f'{path}: metadata lacks {", ".join(missing)}')
+    try:
+        version = int(raw['format_version'])
+    except ValueError as exc:
+        raise ModelFileError(f'{path}: bad format_version {raw["format_version"]!r}') from exc
+    if version > FORMAT_VERSION:
+        raise ModelFileError(f'{path}: format version {version} is newer than this package reads ({FORMAT_VERSION})')
+    metadata: dict[str, Any] = dict(raw)
+    try:
+        for key in _JSON_KEYS:
+            if key in raw:
+                metadata[key] = json.loads(raw[key])
+        metadata['config'] = KeyGridConfig.from_dict(metadata['config'])
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(f'{path}: unreadable metadata: {exc}') from exc
+    metadata['format_version'] = version
+    config: KeyGridConfig = metadata['config']
+    if metadata['normalization'] != NORMALIZATION:
+        raise ModelFileError(f'{path}: inputs normalised with {metadata["normalization"]!r}; '
+                             f'this package only provides {NORMALIZATION!r}')
+    if len(metadata['keypoint_names']) != config.num_keypoints:
+        raise ModelFileError(f'{path}: {len(metadata["keypoint_names"])} keypoint names for '
+                             f'{config.num_keypoints} keypoints')
+    return metadata
+
+
+def _check_architecture(path: Path, stored: KeyGridConfig, requested: KeyGridConfig) -> None:
+    differences = [
+        f'{name}: file has {getattr(stored, name)!r}, requested {getattr(requested, name)!r}'
+        for name in ARCHITECTURE_FIELDS
+        if getattr(stored, name) != getattr(requested, name)
+    ]
+    if differences:
+        raise ModelFileError(f'{path}: the model file does not match the requested architecture: '
+                             + '; '.join(differences))
+
+
+def _compare_tensors(found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[str]:
+    def names(items: list[str]) -> str:
+        return ', '.join(items[:5]) + (', ...' if len(items) > 5 else '')
+
+    problems = []
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing:
+        problems.append(f'missing {len(missing)} tensors ({names(missing)})')
+    if unexpected:
+        problems.append(f'{len(unexpected)} unexpected tensors ({names(unexpected)})')
+    for name in sorted(set(found) & set(expected)):
+        if found[name].shape != expected[name].shape or found[name].dtype != expected[name].dtype:
+            problems.append(f'{name} is {found[name].dtype} {tuple(found[name].shape)}, '
+                            f'expected {expected[name].dtype} {tuple(expected[name].shape)}')
+    return problems
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to('cpu').contiguous()
+        digest.update(f'{name}|{tensor.dtype}|{tuple(tensor.shape)}|'.encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
