@@ -139,6 +139,17 @@ class Listener:
         self.transport.close()
 
 
+def wait_for_node(listener: Listener, node: subprocess.Popen, timeout: float = 120.0) -> bool:
+    """True once the node's first diagnostics arrive; False on timeout or when the node process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if listener.diagnostics_seen.wait(0.5):
+            return True
+        if node.poll() is not None:
+            return False
+    return False
+
+
 def latency_ms(received: list[tuple[int, Any]]) -> np.ndarray:
     return np.array([(now - (m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec)) / 1e6
                      for now, m in received])
@@ -186,8 +197,8 @@ def run(args: argparse.Namespace) -> dict:
     listener = Listener(domain)
     node = start_node(domain, model, args.set, args.device)
     try:
-        if not listener.diagnostics_seen.wait(120):
-            raise RuntimeError('the node did not come up within 120 s:\n' + _stop(node))
+        if not wait_for_node(listener, node):
+            raise RuntimeError('the node did not come up:\n' + _stop(node))
         camera = start_camera(domain, args.seconds, args.rate, wait_s=1.0)
         out, err = camera.communicate(timeout=args.seconds + 120)
         time.sleep(2.0)  # the last frame in flight

@@ -63,6 +63,25 @@ def type_hash_user_data(ros_type: str) -> bytes:
     return _TYPE_HASHES[ros_type]
 
 
+_DOMAINS: dict[int, tuple[Any, str]] = {}
+_DOMAINS_LOCK = threading.Lock()
+
+
+def _domain(domain_id: int, config: str) -> Any:
+    """The process's one Cyclone domain object per id (a second ``Domain(id)`` is refused, as rmw knows: it
+    reference-counts them). Participants in the same process and domain must share the configuration."""
+    from cyclonedds.domain import Domain
+
+    with _DOMAINS_LOCK:
+        known = _DOMAINS.get(domain_id)
+        if known is None:
+            known = (Domain(domain_id, config), config)
+            _DOMAINS[domain_id] = known
+        elif known[1] != config:
+            raise ValueError(f'DDS domain {domain_id} already exists in this process with another configuration')
+        return known[0]
+
+
 class DdsTransport:
     """One DDS participant acting as one ROS 2 node: publishers, subscriptions and the graph entry.
 
@@ -73,7 +92,7 @@ class DdsTransport:
     def __init__(self, node_name: str, namespace: str = '', domain_id: int | None = None, distro: str | None = None,
                  remap: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None):
         from cyclonedds.core import Policy, Qos
-        from cyclonedds.domain import Domain, DomainParticipant
+        from cyclonedds.domain import DomainParticipant
 
         env = os.environ if env is None else env
         self.node_name = node_name
@@ -84,7 +103,7 @@ class DdsTransport:
         self.domain_id = int(env.get('ROS_DOMAIN_ID', '0') or 0) if domain_id is None else int(domain_id)
         self.remap = dict(remap or {})
         self.config = cyclone_config(self.distro, env)
-        self._domain = Domain(self.domain_id, self.config)
+        self._domain = _domain(self.domain_id, self.config)
         self.participant = DomainParticipant(self.domain_id, qos=Qos(Policy.Userdata(data=b'enclave=/;')))
         self._topics: dict[str, Any] = {}
         self._writers: list[Any] = []
