@@ -172,8 +172,12 @@ def plan_motion(garment: Garment, motion: str, rng: np.random.Generator, config:
     pos, yaw = _on_table(garment, rng, rest_z)
     if motion == 'drag':
         names = garment.landmark_names
-        name = names[rng.integers(len(names))]
-        centre = garment.landmarks[name]
+        if names:
+            name = names[rng.integers(len(names))]
+            centre = garment.landmarks[name]
+        else:  # a loaded mesh without landmarks: grasp any vertex
+            centre = int(rng.integers(len(pos)))
+            name = f'vertex_{centre}'
         idx = _grasp_patch(pos, centre, config.grasp_radius)
         lift = rng.uniform(0.08, 0.2)
         away = pos[centre, :2] - pos[:, :2].mean(axis=0)  # pull mostly away from the garment's centre
@@ -192,7 +196,10 @@ def plan_motion(garment: Garment, motion: str, rng: np.random.Generator, config:
 
     if motion != 'fold':
         raise ValueError(f'unknown motion {motion!r}; choose from {MOTIONS}')
-    kinds = FOLDS[garment.name]
+    kinds = FOLDS.get(garment.name) if garment.landmarks else None
+    if not kinds:
+        raise ValueError(f'{garment.name}: folds need a pattern garment with landmarks '
+                         '(drop and drag work on any mesh)')
     fold = fold or list(kinds)[rng.integers(len(kinds))]
     if fold not in kinds:
         raise ValueError(f'{garment.name} has no fold {fold!r}; choose from {sorted(kinds)}')
@@ -265,8 +272,10 @@ def simulate(garment: Garment, motion: str, seed: int = 0, config: SimConfig | N
 
     ``progress``, if given, is called as ``progress(frame, frames)`` after each output frame.
     """
-    import newton
     import warp as wp
+
+    wp.config.quiet = not log.isEnabledFor(logging.DEBUG)  # kernel-cache chatter would bury the CLI's output
+    import newton
 
     config = config or SimConfig()
     rng = np.random.default_rng([seed, 7])  # the motion's own stream, independent of the pattern's
