@@ -192,6 +192,26 @@ def _preprocess_config(values: Mapping[str, Any]) -> PreprocessConfig:
     return PreprocessConfig.from_params(values)
 
 
+def check_parameter_changes(current: Mapping[str, Any], changes: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """Validate run-time changes against the schema and the current values: ``(clean changes, '')`` or
+    ``({}, reason)``. Read-only parameters may only be "set" to their current value; names outside the schema
+    (``use_sim_time``, ``autostart``, QoS overrides) belong to the transport and are ignored."""
+    ours = {name: value for name, value in changes.items() if name in schema.PARAMS_BY_NAME}
+    try:
+        clean = schema.validate(ours)
+    except schema.ParameterError as exc:
+        return {}, str(exc)
+    refused = [n for n, v in clean.items() if schema.PARAMS_BY_NAME[n].read_only and v != current.get(n)]
+    if refused:
+        return {}, f"read-only parameters can not change at run time (restart the node): {', '.join(refused)}"
+    candidate = dict(current, **clean)
+    try:
+        schema.validate({'crop.min': candidate['crop.min'], 'crop.max': candidate['crop.max']})
+    except schema.ParameterError as exc:
+        return {}, str(exc)
+    return clean, ''
+
+
 # ------------------------------------------------------------------------------------------------------ node
 @dataclass
 class FrameOutcome:
@@ -268,25 +288,14 @@ class DetectorNode:
     def set_parameters(self, changes: Mapping[str, Any]) -> tuple[bool, str]:
         """Validate and apply parameter changes atomically (the one on-set callback of every transport).
 
-        Read-only parameters may only be "set" to their current value; unknown names are ignored (ROS
-        parameters such as ``use_sim_time`` belong to the transport). Returns (successful, reason).
+        Returns (successful, reason); see :func:`check_parameter_changes`.
         """
-        ours = {name: value for name, value in changes.items() if name in schema.PARAMS_BY_NAME}
-        try:
-            clean = schema.validate(ours)
-        except schema.ParameterError as exc:
-            return False, str(exc)
-        refused = [n for n, v in clean.items() if schema.PARAMS_BY_NAME[n].read_only and v != self.values[n]]
-        if refused:
-            return False, f"read-only parameters can not change at run time (restart the node): {', '.join(refused)}"
         with self._lock:
-            candidate = dict(self.values, **clean)
-            try:
-                schema.validate({'crop.min': candidate['crop.min'], 'crop.max': candidate['crop.max']})
-            except schema.ParameterError as exc:
-                return False, str(exc)
-            self.values = candidate
-            self.detector.configure(_preprocess_config(candidate), smoothing=candidate['smoothing'])
+            clean, reason = check_parameter_changes(self.values, changes)
+            if reason:
+                return False, reason
+            self.values = dict(self.values, **clean)
+            self.detector.configure(_preprocess_config(self.values), smoothing=self.values['smoothing'])
         if clean:
             self.logger.info('parameters updated: ' + ', '.join(f'{k}={v!r}' for k, v in clean.items()))
         return True, ''
