@@ -91,3 +91,21 @@ def test_diagnostics_values_are_strings(header, detection):
     kv = {v.key: v.value for v in status.values}
     assert kv['ms.model'] == '3.000' and kv['points.crop'] == '100' and kv['rate'] == 'nan'
     assert kv['pose_method'] == 'kabsch'
+
+
+def test_rviz_config_shows_the_node_topics_and_namespaces():
+    from pathlib import Path
+
+    import yaml
+
+    from keygrid_ros.ros.bag_transport import resolve_topic
+    from keygrid_ros.ros.node import OUTPUTS
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / 'config' / 'keygrid.rviz').read_text())
+    displays = config['Visualization Manager']['Displays']
+    topics = {d['Topic']['Value'] for d in displays if isinstance(d.get('Topic'), dict)}
+    for output in OUTPUTS:
+        if output.name not in ('/tf', '/diagnostics'):
+            assert resolve_topic(output.name) in topics, output.name
+    (markers,) = [d for d in displays if d['Class'] == 'rviz_default_plugins/MarkerArray']
+    assert set(markers['Namespaces']) == set(outputs.NAMESPACES)
