@@ -390,7 +390,8 @@ def keypoints_from_logits(points: torch.Tensor, logits: torch.Tensor, hard: bool
     ``hard``: each keypoint is the point of largest logit (the arg-max variant; weights become one-hot).
     The keypoints are in ``points``' own coordinates (a weighted mean commutes with any affine map).
     """
-    weights = torch.softmax(logits.float().transpose(1, 2), dim=-1)
+    dtype = torch.promote_types(logits.dtype, torch.float32)  # a softmax over thousands of points: not in bf16
+    weights = torch.softmax(logits.to(dtype).transpose(1, 2), dim=-1)
     if hard:
         weights = torch.nn.functional.one_hot(weights.argmax(-1), weights.shape[-1]).to(weights.dtype)
     return weights @ points.to(weights.dtype), weights
