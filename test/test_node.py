@@ -265,3 +265,11 @@ def test_no_input_warning(caplog):
     with caplog.at_level(logging.WARNING):
         node.tick()
     assert any('no cloud received' in r.getMessage() and 'QoS' in r.getMessage() for r in caplog.records)
+
+
+def test_model_that_cannot_run_fails_at_startup_not_at_the_first_frame():
+    with pytest.raises(NodeStartupError, match='does not run on 2048 points'):
+        DetectorNode({}, lambda *_: None, model=StubModel(fail=True))
+    model = StubModel()
+    DetectorNode({}, lambda *_: None, model=model)
+    assert model.calls == 2  # warmed up

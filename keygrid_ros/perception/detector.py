@@ -177,6 +177,17 @@ class Detector:
     def reset(self) -> None:
         self.smoother.reset()
 
+    def warmup(self, repeats: int = 2) -> float:
+        """Run the model on a random normalised cloud of ``num_points`` (first calls allocate and pick kernels,
+        seconds on a CPU); returns the last call's ms. A model that cannot run at all fails here, at start-up."""
+        points = np.random.default_rng(0).uniform(-1, 1, (self.preprocess.config.num_points, 3)).astype(np.float32)
+        elapsed = 0.0
+        for _ in range(repeats):
+            start = time.perf_counter()
+            self.model.predict(points)
+            elapsed = (time.perf_counter() - start) * 1e3
+        return elapsed
+
     @property
     def names(self) -> tuple[str, ...]:
         return self._names or ()

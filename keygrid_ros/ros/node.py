@@ -233,11 +233,13 @@ class DetectorNode:
         clock: nanoseconds now (the node's notion of time; bag time in bag mode).
         logger: object with ``debug/info/warning/error`` taking one string (logging.Logger, rclpy logger).
         model: an already loaded KeypointModel (tests, benchmarks); None = load ``model_path``.
+        warmup: run the model once on a dummy cloud before the first frame (no multi-second first frame, and a
+            model that cannot run on ``num_points`` fails at start-up).
     """
 
     def __init__(self, values: Mapping[str, Any] | None, publish: Callable[[str, Any], None], *, tf: Any = None,
                  clock: Callable[[], int] = time.time_ns, logger: Any = None, model: KeypointModel | None = None,
-                 share: Path | None = None):
+                 share: Path | None = None, warmup: bool = True):
         merged = schema.defaults()
         try:
             merged.update(schema.validate(dict(values or {})))
@@ -265,6 +267,13 @@ class DetectorNode:
             self.logger.info(f"loaded {merged['model_type']} model {path} on {device}")
         self.detector = Detector(model, _preprocess_config(merged), device=device,
                                  hard_keypoints=merged['hard_keypoints'], smoothing=merged['smoothing'])
+        if warmup:
+            try:
+                ms = self.detector.warmup()
+            except Exception as exc:  # wrong num_points for the model, broken weights ...
+                raise NodeStartupError(f'the model does not run on {merged["num_points"]} points: '
+                                       f'{type(exc).__name__}: {exc}') from exc
+            self.logger.info(f'model warmed up ({ms:.0f} ms per cloud of {merged["num_points"]} points)')
 
         self.started_ns = clock()
         self.stats: dict[str, Any] = {'processed': 0, 'detected': 0, 'failed': 0, 'stale': 0, 'decode_errors': 0,
