@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     'simulate': ('keygrid_ros.data.simulate_cli', 'simulate a garment deformation sequence (.npz)'),
     'render': ('keygrid_ros.data.render_cli', 'render a sequence through a virtual depth camera into a rosbag2'),
     'train': ('keygrid_ros.train.cli', 'train Key-Grid from sequence files'),
+    'distill': ('keygrid_ros.train.distill_cli', 'distil a Key-Grid model into an SE(3)-invariant USEEK student'),
     'evaluate': ('keygrid_ros.train.evaluate_cli', 'measure keypoint consistency (DAS) and robustness'),
     'predict': ('keygrid_ros.train.predict_cli', 'write the keypoints of every frame of a sequence'),
     'bench': ('keygrid_ros.bench.cli', 'benchmarks: preprocess, model, node (medians in ms, --json)'),
