@@ -1,0 +1,143 @@
+"""Benchmark of the USEEK SPRIN student: inference (as the node runs it) and a distillation training step.
+
+Meant to run as ``keygrid bench model --model-type useek``: it takes the model benchmark's arguments
+(``--device --batch --train-batch --points --repeats --threads --compile --bf16 --soft --skip-train``) and
+returns the same keys (``infer_b1_ms``, ``infer_b{batch}_ms``, ``train_b{train_batch}_ms``, ``*_p90_ms``,
+``*_cpu_ms``, ``*_peak_mem_mb``, ``params``, ``device``...), measured with the model benchmark's timer on the
+same synthetic garment clouds. The training step is forward + negative-sampled BCE + backward + Adam on fixed
+random labels (the teacher's cost is Key-Grid inference, measured by the Key-Grid benchmark). Standalone:
+``python -m keygrid_ros.bench.student --json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+
+import torch
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model benchmark's options (for standalone use; under ``keygrid bench model`` they exist already)."""
+    parser.add_argument('--device', default='cpu', help='cpu, cuda or auto (cuda when available)')
+    parser.add_argument('--batch', type=int, default=32, help='the large inference batch (default 32)')
+    parser.add_argument('--train-batch', type=int, default=8, help='training step batch (default 8)')
+    parser.add_argument('--points', type=int, default=2048, help='points per cloud (default 2048)')
+    parser.add_argument('--repeats', type=int, default=15, help='timed calls per measurement (default 15)')
+    parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0 = torch default)')
+    parser.add_argument('--compile', action='store_true', help='torch.compile the student network')
+    parser.add_argument('--bf16', action='store_true', help='bfloat16 autocast (geometry stays float32)')
+    parser.add_argument('--soft', action='store_true', help='accepted for symmetry; the student is always soft')
+    parser.add_argument('--skip-train', action='store_true', help='inference only')
+
+
+def run(args: argparse.Namespace) -> dict:
+    from keygrid_ros.bench.model import _peak_mb, _time, garment_clouds
+    from keygrid_ros.model.inference import resolve_device
+    from keygrid_ros.model.sprin import SPRINConfig, SPRINSeg, normalize_input
+    from keygrid_ros.model.student import StudentNet
+    from keygrid_ros.train.distill import negative_sampled_bce
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    net = SPRINSeg(SPRINConfig(num_points=args.points)).to(device)
+    student = StudentNet(net).eval()
+    infer = torch.compile(student, dynamic=False) if args.compile else student
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
+    result: dict = {
+        'benchmark': 'model',
+        'model_type': 'useek',
+        'device': str(device),
+        'device_name': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
+        'torch': torch.__version__,
+        'threads': torch.get_num_threads(),
+        'compile': bool(args.compile),
+        'bf16': bool(args.bf16),
+        'hard_keypoints': False,
+        'points': args.points,
+        'params': sum(p.numel() for p in net.parameters()),
+        'load_avg': round(os.getloadavg()[0], 2),
+        'note': 'SPRIN student (released table); medians of wall time on a shared machine (noisy); '
+                '*_cpu_ms: median process CPU time per call',
+    }
+    if device.type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    baseline = _peak_mb(device)
+
+    batches = [(1, args.repeats)]
+    if args.batch and args.batch != 1:
+        batches.append((args.batch, max(3, args.repeats // 3)))
+    for batch, repeats in batches:
+        x = garment_clouds(batch, args.points, seed=batch).to(device)
+        if device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats(device)
+
+        def call(x=x):
+            with torch.inference_mode(), autocast():
+                return infer(x)
+
+        start = time.perf_counter()
+        call()
+        if args.compile:
+            result[f'compile_b{batch}_s'] = round(time.perf_counter() - start, 1)
+        timing = _time(call, device, repeats)
+        result[f'infer_b{batch}_ms'] = timing['ms']
+        result[f'infer_b{batch}_p90_ms'] = timing['p90_ms']
+        result[f'infer_b{batch}_cpu_ms'] = timing['cpu_ms']
+        result[f'infer_b{batch}_peak_mem_mb'] = round(_peak_mb(device), 1)
+
+    if not args.skip_train:
+        net.train()
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+        x = garment_clouds(args.train_batch, args.points, seed=100).to(device)
+        generator = torch.Generator().manual_seed(0)
+        labels = (torch.rand(x.shape[0], x.shape[1], net.config.num_keypoints, generator=generator) < 0.05)
+        labels = labels.to(device)
+        normalised = normalize_input(x)[0]
+        if device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats(device)
+
+        def step():
+            with autocast():
+                logits = net(normalised)
+            loss = negative_sampled_bce(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        timing = _time(step, device, max(3, args.repeats // 3), warmup=1)
+        key = f'train_b{args.train_batch}'
+        result[f'{key}_ms'] = timing['ms']
+        result[f'{key}_p90_ms'] = timing['p90_ms']
+        result[f'{key}_cpu_ms'] = timing['cpu_ms']
+        result[f'{key}_peak_mem_mb'] = round(_peak_mb(device), 1)
+
+    result['baseline_mem_mb'] = round(baseline, 1)
+    result['peak_mem_mb'] = round(max(v for k, v in result.items() if k.endswith('_peak_mem_mb')), 1)
+    result['peak_mem_kind'] = 'torch.cuda.max_memory_allocated' if device.type == 'cuda' else 'process max RSS'
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m keygrid_ros.bench.student', description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    parser.add_argument('--json', action='store_true', help='print one JSON object as the last line')
+    args = parser.parse_args(argv)
+    result = run(args)
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        for key, value in result.items():
+            print(f'{key:>24}: {value}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
