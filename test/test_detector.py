@@ -108,3 +108,21 @@ def test_device_resolution():
 
 def test_segment_pairs_follow_triu_order():
     assert segment_pairs(4).tolist() == [[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]]
+
+
+def test_useek_student_file_through_the_same_detector(points, tmp_path):
+    import torch
+
+    from keygrid_ros.model.sprin import SPRINConfig, SPRINSeg
+    from keygrid_ros.model.student import save_student
+
+    torch.manual_seed(0)
+    path = save_student(tmp_path / 'student.safetensors', SPRINSeg(SPRINConfig.tiny(num_keypoints=4)),
+                        teacher={'file': 'teacher.safetensors'})
+    with pytest.raises(ModelLoadError, match='model_type'):
+        load_model(path, model_type='keygrid')
+    model = load_model(path, model_type='useek')
+    detection = Detector(model, PreprocessConfig(num_points=256))(points, table_from_camera())
+    assert detection.ok, detection.reason
+    assert detection.keypoints.shape == (4, 3) and garment_distance(detection.keypoints).max() < 0.01
+    assert detection.strengths.shape == (6,)

@@ -118,7 +118,7 @@ class _SingleCloudModel:
         metadata = getattr(model, 'metadata', {}) or {}
         reference = metadata.get('reference_keypoints')
         self.reference_keypoints = None if reference is None else np.asarray(reference, np.float64)
-        self.num_points = int(model.config.num_points)
+        self.num_points = int(getattr(model.config, 'num_points', 0))
 
     def predict(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         prediction = self.model.predict(np.ascontiguousarray(points, dtype=np.float32))
@@ -137,13 +137,10 @@ def load_model(path: str | Path, model_type: str = 'keygrid', device: str = 'cpu
         raise ModelLoadError(f'model_type {model_type!r} is not one of {list(MODEL_TYPES)}')
     if not path.is_file():
         raise ModelLoadError(f'model file not found: {path}')
-    if model_type != 'keygrid':
-        raise ModelLoadError(f'{path}: model_type {model_type!r} is not supported by this version of the model '
-                             'package yet; use model_type:=keygrid')
-    from keygrid_ros.model.inference import KeypointModel as LoadedModel
+    from keygrid_ros.model.student import load_keypoint_model  # Key-Grid or USEEK student, by the file's format
 
     try:
-        return _SingleCloudModel(LoadedModel.load(path, device=device, hard=False))
+        return _SingleCloudModel(load_keypoint_model(path, device, model_type=model_type, hard=False))
     except Exception as exc:  # corrupt header, checksum, wrong shapes, bad JSON: one clear message
         raise ModelLoadError(f'cannot load model {path}: {type(exc).__name__}: {exc}') from exc
 
