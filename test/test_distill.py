@@ -237,6 +237,15 @@ def test_resume_continues_exactly(data_dir, tmp_path):
     assert all(torch.equal(opt_a[i]['exp_avg_sq'], opt_b[i]['exp_avg_sq']) for i in opt_a)
 
 
+def test_single_sequence_holds_out_its_last_frames(data_dir, tmp_path):
+    # One training sequence: its last 30 % of frames validate (capped at 2 by val_max_frames), aligned and under SE(3).
+    result = distill(tiny_config(data_dir, tmp_path, train=[str(data_dir / 'train' / 'taper0.npz')], val=[],
+                                 val_fraction=0.3, val_max_frames=2, max_steps=1), teacher=GeometricTeacher())
+    report = result.last_report
+    assert report['frames'] == 2 and report['das'] is not None and report['das_se3'] is not None
+    assert result.teacher_das['das_se3'] is not None
+
+
 def test_nan_loss_stops_cleanly(data_dir, tmp_path, monkeypatch):
     original = distill_module.negative_sampled_bce
     calls = {'n': 0}

@@ -26,8 +26,10 @@ Model files are student files (:mod:`keygrid_ros.model.student`): the metadata n
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+import copy
+from dataclasses import asdict, dataclass, field, fields, replace
 import json
 import logging
 from pathlib import Path
@@ -42,7 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 import yaml
 
-from ..data.dataset import Augment, SequenceDataset
+from ..data.dataset import SequenceDataset
 from ..data.sequences import load_sequence
 from ..model.sprin import SPRINConfig, SPRINSeg, keypoints_from_logits, normalize_input
 from ..model.student import save_student
@@ -330,10 +332,11 @@ def _das(keypoint_fn: evaluate.KeypointFn, val, se3: bool, config: DistillConfig
             continue
         if se3:
             key = id(dataset)
-            if key not in twins:
-                twins[key] = SequenceDataset(dataset.files, dataset.num_points, dataset.sampling,
-                                             augment=Augment(se3=True), seed=config.seed,
-                                             max_frames=config.val_max_frames or None, keypoints=False)
+            if key not in twins:  # the same frames and samples, each moved by a random SE(3) (seeded per item)
+                twin = copy.copy(dataset)
+                twin.augment = replace(dataset.augment, se3=True)
+                twin._cache = OrderedDict()
+                twins[key] = twin
             dataset = twins[key]
         pred = evaluate.predict_frames(keypoint_fn, dataset, seq_index, frames, batch_size=config.batch_size)
         per_sequence.append(evaluate.score_sequence(load_sequence(dataset.files[seq_index]), pred))
