@@ -98,3 +98,39 @@ def test_type_names_follow_rmw_mangling():
     assert T.MarkerArray.__idl__.idl_transformed_typename == 'visualization_msgs::msg::dds_::MarkerArray_'
     assert T.dds_name('tf2_msgs/msg/TFMessage') == 'tf2_msgs::msg::dds_::TFMessage_'
     assert len(T.Marker.__dataclass_fields__) == 19  # Humble+ layout
+
+
+def test_discovery_config_mirrors_rmw_cyclonedds():
+    from keygrid_ros.ros.dds.config import cyclone_config, discovery_fragment
+
+    humble_local = ('<CycloneDDS><Domain><General><Interfaces><NetworkInterface address="127.0.0.1"/>'
+                    '</Interfaces></General></Domain></CycloneDDS>')
+    assert discovery_fragment('humble', {'ROS_LOCALHOST_ONLY': '1'}) == humble_local
+    assert discovery_fragment('humble', {}) == ''
+    auto = '<ParticipantIndex>auto</ParticipantIndex><MaxAutoParticipantIndex>32</MaxAutoParticipantIndex>'
+    assert discovery_fragment('jazzy', {}) == f'<CycloneDDS><Domain><Discovery>{auto}</Discovery></Domain></CycloneDDS>'
+    assert discovery_fragment('jazzy', {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST', 'ROS_STATIC_PEERS': 'a;b'}) == (
+        '<CycloneDDS><Domain><General><AllowMulticast>false</AllowMulticast></General><Discovery>'
+        f'{auto}<Peers><Peer address="localhost"/><Peer address="a"/><Peer address="b"/></Peers>'
+        '</Discovery></Domain></CycloneDDS>')
+    assert discovery_fragment('jazzy', {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SYSTEM_DEFAULT'}) == ''
+    off = discovery_fragment('jazzy', {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'OFF'})
+    assert '<ParticipantIndex>none</ParticipantIndex><Tag>ros_discovery_off_' in off
+    # the user's CYCLONEDDS_URI comes last (wins), after our socket tuning
+    config = cyclone_config('humble', {'ROS_LOCALHOST_ONLY': '1', 'CYCLONEDDS_URI': 'file:///x.xml'})
+    parts = config.split(',')
+    assert parts[0] == humble_local and 'SocketReceiveBufferSize' in parts[1] and parts[2] == 'file:///x.xml'
+
+
+def test_qos_mapping():
+    from cyclonedds.core import Policy
+
+    from keygrid_ros.ros.dds.qos import ros_qos
+
+    sensor = ros_qos('sensor_data', 5, reader=True)
+    assert Policy.Reliability.BestEffort in sensor and Policy.History.KeepLast(5) in sensor
+    assert Policy.DataRepresentation(use_cdrv0_representation=True) in sensor
+    reliable = ros_qos('reliable', 10)
+    assert Policy.Durability.Volatile in reliable and Policy.WriterDataLifecycle(autodispose=False) in reliable
+    assert Policy.Durability.TransientLocal in ros_qos('tf_static', 1)
+    assert Policy.IgnoreLocal.Participant in ros_qos('graph', 1, reader=True)

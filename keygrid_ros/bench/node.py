@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--rate', type=float, default=30.0, help='camera rate (Hz)')
     parser.add_argument('--device', default='auto', help='node inference device')
     parser.add_argument('--set', action='append', default=[], help='extra node parameters, name:=value')
-    parser.add_argument('--domain', type=int, default=None, help='DDS domain (default: random 100-199)')
+    parser.add_argument('--domain', type=int, default=None, help='DDS domain (default: random 81-101)')
 
 
 # ------------------------------------------------------------------------------------------------ processes
@@ -189,7 +189,7 @@ def _stop(process: subprocess.Popen, timeout: float = 10.0) -> str:
 
 
 def run(args: argparse.Namespace) -> dict:
-    domain = args.domain if args.domain is not None else random.randint(100, 199)
+    domain = args.domain if args.domain is not None else random.randint(81, 101)  # <= 101: clear of ephemeral ports
     from keygrid_ros.params import apply_overrides, defaults
 
     num_points = apply_overrides(defaults(), args.set)['num_points']
