@@ -161,7 +161,8 @@ def build(config: dict, out: str | Path, workers: int | None = None, resume: boo
                 entries.append(entry)
                 elapsed = time.perf_counter() - start
                 eta = elapsed / n * (len(todo) - n)
-                ok = 'ok' if entry['checks'].get('pass') else 'CHECKS FAILED'
+                failed = [k for k, v in entry['checks'].items() if k.endswith('_ok') and not v]
+                ok = 'ok' if entry['checks'].get('pass') else 'CHECKS FAILED: ' + ', '.join(failed or ['finite'])
                 print(f'[{len(entries)}/{total}] {job.path} {entry["seconds"]:.0f} s {ok}  '
                       f'(elapsed {elapsed:.0f} s, eta {eta:.0f} s)', file=sys.stderr, flush=True)
                 write_manifest(out, config, entries)

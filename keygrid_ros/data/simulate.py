@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 MOTIONS = ('drop', 'drag', 'fold')
 #: motion -> default duration in seconds (128 frames at 60 fps is 2.13 s).
-DURATION = {'drop': 2.0, 'drag': 3.0, 'fold': 3.0}
+DURATION = {'drop': 1.7, 'drag': 3.0, 'fold': 3.0}
 #: garment -> fold kinds: name -> (grasp landmarks, fold line) where the line is 'x' (the pattern's
 #: centre line x = 0, folding the left half over), 'y' (across the middle, bottom over top) or
 #: 'sleeve' (a vertical line just inside the left armpit).
