@@ -59,8 +59,8 @@ def test_camera_to_node_to_subscriber(tmp_path, domain):
         out, err = camera.communicate(timeout=180)
         assert camera.returncode == 0, err
         published = json.loads(out.strip().splitlines()[-1])
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # the last frame may still be in the node
+        deadline = time.monotonic() + 90  # generous: two shared cores may be busy with other jobs
+        while time.monotonic() < deadline:  # keep-latest: the node always ends on the last cloud sent
             with listener.lock:
                 if listener.keypoints and stamp_of(listener.keypoints[-1][1]) == published['stamps'][-1]:
                     break
@@ -77,7 +77,8 @@ def test_camera_to_node_to_subscriber(tmp_path, domain):
     keypoints = [m for _, m in listener.keypoints]
     markers = [m for _, m in listener.markers]
     poses = [m for _, m in listener.poses]
-    assert len(keypoints) >= 3, log[-3000:]
+    assert len(keypoints) >= 2, log[-3000:]
+    assert stamp_of(keypoints[-1]) == published['stamps'][-1]  # the newest cloud is never dropped
     assert len(markers) == len(keypoints) == len(poses)  # one set of outputs per processed cloud
     assert len(keypoints) < published['published']  # keep-latest: the slow node skipped clouds, never queued
     for message in keypoints:
