@@ -230,6 +230,7 @@ def run(args: argparse.Namespace) -> dict:
         'input_rate_hz': args.rate,
         'node_stage_median_ms': {k: round(float(np.median(v)), 2) for k, v in stages.items()},
         'cpu_count': os.cpu_count(),
+        'load_average_1min': round(os.getloadavg()[0], 2),  # other jobs on the same cores skew every number
         'targets': {'cpu': {'latency_median_ms': 80, 'rate_hz': 12}, 'gpu': {'latency_median_ms': 10, 'rate_hz': 30}},
     }
     if not keypoints:
