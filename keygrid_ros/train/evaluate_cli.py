@@ -40,10 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_keypoint_fn(model_path: str, device: str = 'auto'):
-    """A model file -> (:data:`KeypointFn`, the loaded ``KeypointModel``)."""
-    from ..model.inference import KeypointModel
+    """A model file (Key-Grid or USEEK student, told apart by the file) -> (:data:`KeypointFn`, the model)."""
+    from ..model.student import load_keypoint_model
 
-    model = KeypointModel.load(model_path, device=device)
+    model = load_keypoint_model(model_path, device=device)
     return (lambda points: model.predict(points).keypoints), model
 
 
