@@ -199,21 +199,23 @@ def test_resolve_device():
     assert resolve_device('auto').type == ('cuda' if torch.cuda.is_available() else 'cpu')
 
 
-def test_export_gives_the_same_keypoints(tmp_path, trained_like_model):
+@pytest.mark.parametrize('batch', [1, 2])
+def test_export_gives_the_same_keypoints(tmp_path, trained_like_model, batch):
     encoder = trained_like_model.encoder.eval()
-    example = fps_ordered(2, 512, seed=1)
-    program = export_detector(encoder, example, hard=True)
+    program = export_detector(encoder, fps_ordered(batch, 512, seed=1), hard=True)
     exported = program.module()
-    for batch in (1, 3):  # the batch axis is dynamic
-        x = fps_ordered(batch, 512, seed=2 + batch)
-        with torch.no_grad():
-            got = exported(x)
-            ref = encoder(x, hard=True)
-        torch.testing.assert_close(got[0], ref.keypoints, rtol=0, atol=0)
-        torch.testing.assert_close(got[1], ref.weights, rtol=0, atol=0)
-        torch.testing.assert_close(got[2], ref.strengths, rtol=1e-5, atol=1e-6)
+    x = fps_ordered(batch, 512, seed=2)  # another cloud of the same shape
+    with torch.no_grad():
+        got = exported(x)
+        ref = encoder(x, hard=True)
+    torch.testing.assert_close(got[0], ref.keypoints, rtol=0, atol=0)
+    torch.testing.assert_close(got[1], ref.weights, rtol=0, atol=0)
+    torch.testing.assert_close(got[2], ref.strengths, rtol=1e-5, atol=1e-6)
     torch.export.save(program, tmp_path / 'encoder.pt2')  # the deployment artifact (never loaded here)
     assert (tmp_path / 'encoder.pt2').stat().st_size > 1e6
+
+
+def test_export_needs_fps_ordered_input():
+    unordered = KeyGrid(KeyGridConfig(num_keypoints=6, fps_prefix=False)).encoder.eval()
     with pytest.raises(ValueError, match='fps_prefix'):
-        unordered = KeyGrid(KeyGridConfig(num_keypoints=6, fps_prefix=False)).encoder.eval()
-        export_detector(unordered, example)
+        export_detector(unordered, fps_ordered(1, 64))

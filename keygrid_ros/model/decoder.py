@@ -18,7 +18,7 @@ from torch import nn
 from .config import KeyGridConfig
 from .encoder import Level
 from .heatmap import GridHeatmap
-from .layers import FeaturePropagation, shared_mlp
+from .layers import FeaturePropagation, SharedMLP, mlp_layers
 
 GRID_CHANNELS = 4  # heat value + grid xyz
 
@@ -41,7 +41,7 @@ class Decoder(nn.Module):
             FeaturePropagation(c2 + 256 + g, [256, 256]),  # l3 -> l2
             FeaturePropagation(c3 + deepest + g, [256, 256]),  # l4 -> l3
         ])
-        self.head = nn.Sequential(shared_mlp([128, 128, 128, 128, 64, 32, 16]), nn.Linear(16, 3))
+        self.head = SharedMLP(*mlp_layers([128, 128, 128, 128, 64, 32, 16]), nn.Linear(16, 3))
 
     def forward(self, levels: list[Level], heat: torch.Tensor | None, heatmap: GridHeatmap) -> torch.Tensor:
         """``levels`` from the encoder, ``heat`` (B, G) (None without the grid stream) -> (B, N, 3)."""

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .. import ops
 from .config import KeyGridConfig
-from .layers import BatchNorm, FeaturePropagation, shared_mlp
+from .layers import BatchNorm, FeaturePropagation, SharedMLP, mlp_layers
 
 #: Per-point input features: xyz repeated three times (the released network's 9 input channels).
 INPUT_CHANNELS = 9
@@ -55,20 +55,27 @@ class SetAbstractionMSG(nn.Module):
         self.grouping = grouping
         self.first = nn.ModuleList(nn.Linear(in_channels + 3, mlp[0], bias=False) for mlp in mlps)
         self.rest = nn.ModuleList(
-            nn.Sequential(BatchNorm(mlp[0]), nn.ReLU(inplace=True), shared_mlp(mlp)) for mlp in mlps
+            SharedMLP(BatchNorm(mlp[0]), nn.ReLU(inplace=True), *mlp_layers(mlp)) for mlp in mlps
         )
         self.out_channels = sum(mlp[-1] for mlp in mlps)
 
+    def neighbourhoods(self, xyz: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Neighbour indices (B, S, nsample) of each centroid, one tensor per radius (no autograd)."""
+
+        def query(centroids: torch.Tensor, xyz: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            sqdist = ops.square_distance(centroids, xyz)  # shared by both radii
+            if self.grouping == 'ball':
+                return tuple(ops.ball_query(r, k, xyz, centroids, sqdist) for r, k in zip(self.radii, self.nsamples))
+            return tuple(ops.knn_query(k, xyz, centroids, sqdist) for k in self.nsamples)
+
+        with torch.no_grad():
+            return ops.per_cloud(query, centroids, xyz)
+
     def forward(self, xyz: torch.Tensor, features: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
         """``xyz`` (B, N, 3), ``features`` (B, N, C), ``centroids`` (B, S, 3) -> (B, S, out_channels)."""
-        sqdist = ops.square_distance(centroids, xyz)  # shared by both radii
         per_point = torch.cat([features, xyz], dim=-1)  # (B, N, C + 3)
         outputs = []
-        for radius, nsample, first, rest in zip(self.radii, self.nsamples, self.first, self.rest):
-            if self.grouping == 'ball':
-                idx = ops.ball_query(radius, nsample, xyz, centroids, sqdist)
-            else:
-                idx = ops.knn_query(nsample, xyz, centroids, sqdist)
+        for idx, first, rest in zip(self.neighbourhoods(xyz, centroids), self.first, self.rest):
             projected = first(per_point)  # (B, N, C1)
             centroid_term = centroids @ first.weight[:, -3:].t()  # (B, S, C1)
             grouped = ops.index_points(projected, idx) - centroid_term.unsqueeze(2)  # (B, S, nsample, C1)
@@ -101,14 +108,14 @@ class KeypointEncoder(nn.Module):
             FeaturePropagation(c2 + 256, [256, 256]),  # l3 -> l2
             FeaturePropagation(c3 + c4, [256, 256]),  # l4 -> l3
         ])
-        self.head = nn.Sequential(
+        self.head = SharedMLP(
             nn.Linear(128, 128, bias=False), BatchNorm(128), nn.ReLU(inplace=True), nn.Dropout(config.head_dropout),
             nn.Linear(128, K),
         )
         # The released PT_L, applied after log_softmax over the keypoints. No bias: a per-keypoint constant
         # cannot change a softmax over the points.
         self.mix = nn.Linear(K, K, bias=False)
-        self.skeleton = nn.Sequential(  # Linear layers before BatchNorm need no bias (see shared_mlp)
+        self.skeleton = nn.Sequential(  # Linear layers before BatchNorm need no bias (see mlp_layers)
             nn.Linear(c4, 512, bias=False), BatchNorm(512), nn.ReLU(inplace=True),
             nn.Linear(512, 256, bias=False), BatchNorm(256), nn.ReLU(inplace=True),
             nn.Linear(256, config.num_segments),

@@ -144,20 +144,16 @@ class KeypointModel:
         self.predict(torch.rand(batch, n, 3, generator=generator) * 2 - 1)
 
 
-def export_detector(
-    encoder: KeypointEncoder, example: torch.Tensor, hard: bool = True, dynamic_batch: bool = True
-) -> torch.export.ExportedProgram:
-    """``torch.export`` the encoder for deployment (e.g. AOTInductor), from an example cloud (B, N, 3).
+def export_detector(encoder: KeypointEncoder, example: torch.Tensor, hard: bool = True) -> torch.export.ExportedProgram:
+    """``torch.export`` the encoder for deployment (e.g. AOTInductor), for the shape of ``example`` (B, N, 3).
 
-    The exported graph takes inputs in farthest-point order (``fps_prefix``); the in-model FPS loop is not
-    exportable. Save it with ``torch.export.save``. This package never loads such files (that would
+    Shapes are static (the node runs one cloud of N points at a time; large batches take a per-cloud path
+    inside). The exported graph takes inputs in farthest-point order (``fps_prefix``): the in-model FPS loop
+    is not exportable. Save it with ``torch.export.save``. This package never loads such files (that would
     unpickle): its own model format is safetensors (:mod:`keygrid_ros.model.io`).
     """
     if not encoder.config.fps_prefix:
         raise ValueError('export needs fps_prefix=True: order the input by FPS before the exported graph')
     detector = KeypointDetector(encoder, hard).eval()
-    dynamic_shapes = None
-    if dynamic_batch:
-        dynamic_shapes = ({0: torch.export.Dim('batch', min=1, max=1024)},)
     with torch.no_grad():
-        return torch.export.export(detector, (example,), dynamic_shapes=dynamic_shapes)
+        return torch.export.export(detector, (example,))

@@ -17,7 +17,7 @@ from .. import ops
 
 
 class BatchNorm(nn.BatchNorm1d):
-    """BatchNorm over the last axis of ``(..., C)``, every other axis counting as a sample.
+    """BatchNorm1d that also trains on a batch of one.
 
     With a single sample per channel in training (batch size 1 into the skeleton head) batch statistics do
     not exist; the released code crashes there. This layer normalises with the running statistics instead
@@ -25,17 +25,14 @@ class BatchNorm(nn.BatchNorm1d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        flat = x.reshape(-1, shape[-1])
-        if self.training and flat.shape[0] == 1:
-            flat = F.batch_norm(flat, self.running_mean, self.running_var, self.weight, self.bias,
+        if self.training and x.shape[0] == 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                 training=False, eps=self.eps)
-            return flat.reshape(shape)
-        return super().forward(flat).reshape(shape)
+        return super().forward(x)
 
 
-def shared_mlp(channels: Sequence[int]) -> nn.Sequential:
-    """Point-wise Linear -> BatchNorm -> ReLU for every consecutive pair of ``channels``.
+def mlp_layers(channels: Sequence[int]) -> list[nn.Module]:
+    """Linear -> BatchNorm -> ReLU for every consecutive pair of ``channels``.
 
     The Linear layers have no bias: BatchNorm subtracts the per-channel mean, so a bias before it could
     never learn (the released 1x1 convolutions carry such dead biases).
@@ -43,7 +40,24 @@ def shared_mlp(channels: Sequence[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for c_in, c_out in zip(channels[:-1], channels[1:]):
         layers += [nn.Linear(c_in, c_out, bias=False), BatchNorm(c_out), nn.ReLU(inplace=True)]
-    return nn.Sequential(*layers)
+    return layers
+
+
+class SharedMLP(nn.Sequential):
+    """Layers applied to every point of a channels-last tensor ``(..., C)`` -> ``(..., C_out)``.
+
+    The leading axes are flattened into one, so BatchNorm counts every point (and neighbour) as a sample,
+    like the released BatchNorm1d/2d over 1x1 convolutions, and every layer works on one 2-D tensor.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        return super().forward(x.reshape(-1, x.shape[-1])).reshape(*lead, -1)
+
+
+def shared_mlp(channels: Sequence[int]) -> SharedMLP:
+    """A :class:`SharedMLP` of Linear -> BatchNorm -> ReLU layers (see :func:`mlp_layers`)."""
+    return SharedMLP(*mlp_layers(channels))
 
 
 class FeaturePropagation(nn.Module):

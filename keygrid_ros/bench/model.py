@@ -1,0 +1,170 @@
+"""``keygrid bench model``: Key-Grid inference (encoder only, as the node runs it) and a training step.
+
+Reported (milliseconds, medians with p90s): ``infer_b1_ms`` and ``infer_b32_ms`` (``--batch`` changes the
+large batch; its key follows it), ``train_b8_ms`` (forward with reconstruction, both losses, backward,
+Adadelta step: the expensive, post-warm-up phase), ``peak_mem_mb``, ``params``, ``device``. Inputs are
+synthetic garment-like clouds, normalised and farthest-point ordered like the node's.
+
+Timings on a shared machine are noisy: the medians are the numbers to quote, ``*_cpu_ms`` (process CPU
+time per call, immune to waiting for a core when one thread is used) and ``load_avg`` say how
+noisy. Targets: CPU (2 cores) batch-1 inference <= 35 ms and training batch 8 <= 700 ms; GPU batch-32
+inference <= 15 ms (the paper: 0.6 s and 6081 MiB for batch 32 on a GTX 1080 Ti).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+import contextlib
+import os
+import resource
+import time
+
+import numpy as np
+import torch
+
+PAPER_B32 = {'paper_b32_ms': 600.0, 'paper_b32_mem_mb': 6081.0, 'paper_gpu': 'GTX 1080 Ti'}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--device', default='cpu', help="cpu, cuda or auto (cuda when available)")
+    parser.add_argument('--batch', type=int, default=32, help='the large inference batch (default 32)')
+    parser.add_argument('--train-batch', type=int, default=8, help='training step batch (default 8)')
+    parser.add_argument('--points', type=int, default=2048, help='points per cloud (default 2048)')
+    parser.add_argument('--repeats', type=int, default=15, help='timed calls per measurement (default 15)')
+    parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0 = torch default)')
+    parser.add_argument('--compile', action='store_true',
+                        help='torch.compile the encoder for inference (tens of seconds per batch size, once)')
+    parser.add_argument('--bf16', action='store_true', help='bfloat16 autocast for inference and training')
+    parser.add_argument('--soft', action='store_true', help='soft keypoints (default: hard, as released)')
+    parser.add_argument('--skip-train', action='store_true', help='inference only')
+
+
+def garment_clouds(batch: int, n: int, seed: int = 0) -> torch.Tensor:
+    """Normalised, farthest-point-ordered wavy sheets (batch, n, 3), as the node's preprocessing delivers."""
+    import fpsample
+
+    from keygrid_ros.normalize import Normalization
+
+    rng = np.random.default_rng(seed)
+    clouds = []
+    for i in range(batch):
+        m = 4 * n
+        u, v = rng.uniform(-0.4, 0.4, m), rng.uniform(-0.25, 0.25, m)
+        pts = np.stack([u, v, 0.06 * np.sin(6 * u + i) * np.cos(5 * v)], 1).astype(np.float32)
+        pts = Normalization.fit(pts).apply(pts)
+        order = fpsample.bucket_fps_kdline_sampling(pts, n, h=5, start_idx=0)
+        clouds.append(pts[order])
+    return torch.from_numpy(np.stack(clouds))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def _time(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 2) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    wall, cpu = [], []
+    for _ in range(repeats):
+        c0, t0 = time.process_time(), time.perf_counter()
+        fn()
+        _sync(device)
+        wall.append((time.perf_counter() - t0) * 1e3)
+        cpu.append((time.process_time() - c0) * 1e3)
+    return {
+        'ms': round(float(np.median(wall)), 2),
+        'p90_ms': round(float(np.percentile(wall, 90)), 2),
+        'min_ms': round(float(np.min(wall)), 2),
+        'cpu_ms': round(float(np.median(cpu)), 2),
+    }
+
+
+def _peak_mb(device: torch.device) -> float:
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def run(args: argparse.Namespace) -> dict:
+    from keygrid_ros.model import KeyGrid, KeyGridConfig, KeypointDetector, resolve_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    model = KeyGrid(KeyGridConfig(num_points=args.points)).to(device)
+    detector = KeypointDetector(model.encoder, hard=not args.soft).eval()
+    infer = torch.compile(detector, dynamic=False) if args.compile else detector
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
+    result: dict = {
+        'benchmark': 'model',
+        'device': str(device),
+        'device_name': torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
+        'torch': torch.__version__,
+        'threads': torch.get_num_threads(),
+        'compile': bool(args.compile),
+        'bf16': bool(args.bf16),
+        'hard_keypoints': not args.soft,
+        'points': args.points,
+        'params': sum(p.numel() for p in model.parameters()),
+        'encoder_params': sum(p.numel() for p in model.encoder.parameters()),
+        'load_avg': round(os.getloadavg()[0], 2),
+        'note': 'medians of wall time on a machine shared with other processes (noisy); '
+                '*_cpu_ms: median process CPU time per call',
+    }
+    if device.type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        result.update(PAPER_B32)
+    baseline = _peak_mb(device)
+
+    # Inference: the encoder only, under inference_mode (what the node runs).
+    for batch, repeats in ((1, args.repeats), (args.batch, max(3, args.repeats // 3))):
+        x = garment_clouds(batch, args.points, seed=batch).to(device)
+        if device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats(device)
+
+        def call(x=x):
+            with torch.inference_mode(), autocast():
+                return infer(x)
+
+        compile_start = time.perf_counter()
+        call()  # compiles here with --compile
+        if args.compile:
+            result[f'compile_b{batch}_s'] = round(time.perf_counter() - compile_start, 1)
+        timing = _time(call, device, repeats)
+        result[f'infer_b{batch}_ms'] = timing['ms']
+        result[f'infer_b{batch}_p90_ms'] = timing['p90_ms']
+        result[f'infer_b{batch}_cpu_ms'] = timing['cpu_ms']
+        result[f'infer_b{batch}_peak_mem_mb'] = round(_peak_mb(device), 1)
+
+    # Training step: full model with the similarity loss on (after the warm-up), Adadelta as released.
+    if not args.skip_train:
+        model.train()
+        optimizer = model.configure_optimizer()
+        x = garment_clouds(args.train_batch, args.points, seed=100).to(device)
+        if device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats(device)
+
+        def step():
+            with autocast():
+                output = model(x, reconstruct=True)
+            losses = model.losses(x, output)
+            optimizer.zero_grad(set_to_none=True)
+            losses['loss'].backward()
+            optimizer.step()
+
+        timing = _time(step, device, max(3, args.repeats // 3), warmup=1)
+        key = f'train_b{args.train_batch}'
+        result[f'{key}_ms'] = timing['ms']
+        result[f'{key}_p90_ms'] = timing['p90_ms']
+        result[f'{key}_cpu_ms'] = timing['cpu_ms']
+        result[f'{key}_peak_mem_mb'] = round(_peak_mb(device), 1)
+
+    result['baseline_mem_mb'] = round(baseline, 1)
+    result['peak_mem_mb'] = round(max(v for k, v in result.items() if k.endswith('_peak_mem_mb')), 1)
+    result['peak_mem_kind'] = 'torch.cuda.max_memory_allocated' if device.type == 'cuda' else 'process max RSS'
+    return result
