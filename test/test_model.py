@@ -319,6 +319,24 @@ def test_config_validation_and_round_trip():
         KeyGridConfig.from_dict({'num_keypoint': 8})
 
 
+def test_folded_batchnorms_give_the_same_outputs(rng):
+    import copy
+
+    torch.manual_seed(0)
+    model = KeyGrid(KeyGridConfig(use_decoder=False)).train()
+    x = model_input(rng, 2, 512)
+    with torch.no_grad():
+        model(x)  # running statistics that are not the defaults
+    model.eval()
+    folded = copy.deepcopy(model.encoder).fold_batchnorms_()
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in folded.modules())
+    with torch.no_grad():
+        a, b = model.encoder(x), folded(x)
+    torch.testing.assert_close(b.keypoints, a.keypoints, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b.weights, a.weights, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(b.strengths, a.strengths, atol=1e-5, rtol=1e-5)
+
+
 def test_knn_grouping_runs(rng):
     torch.manual_seed(0)
     model = KeyGrid(KeyGridConfig(grouping='knn')).eval()

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .. import ops
 from .config import KeyGridConfig
-from .layers import BatchNorm, FeaturePropagation, SharedMLP, mlp_layers
+from .layers import BatchNorm, FeaturePropagation, SharedMLP, fold_batchnorm, fold_batchnorms_, mlp_layers
 
 #: Per-point input features: xyz repeated three times (the released network's 9 input channels).
 INPUT_CHANNELS = 9
@@ -59,6 +59,13 @@ class SetAbstractionMSG(nn.Module):
         )
         self.out_channels = sum(mlp[-1] for mlp in mlps)
 
+    def fold_batchnorms_(self) -> None:
+        """Inference only: fold each branch's first BatchNorm into its per-point first layer (see forward)."""
+        for i, (first, rest) in enumerate(zip(self.first, self.rest)):
+            if isinstance(rest[0], nn.BatchNorm1d):
+                self.first[i] = fold_batchnorm(first, rest[0])
+                rest[0] = nn.Identity()
+
     def neighbourhoods(self, xyz: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Neighbour indices (B, S, nsample) of each centroid, one tensor per radius (no autograd)."""
 
@@ -79,7 +86,9 @@ class SetAbstractionMSG(nn.Module):
             projected = first(per_point)  # (B, N, C1)
             centroid_term = centroids @ first.weight[:, -3:].t()  # (B, S, C1)
             grouped = ops.index_points(projected, idx) - centroid_term.unsqueeze(2)  # (B, S, nsample, C1)
-            outputs.append(rest(grouped).amax(dim=2))
+            # max, not amax: same values, and its backward scatters to one index instead of comparing the
+            # whole (B, S, nsample, C) tensor against the maximum (2x faster at SA1 in training).
+            outputs.append(rest(grouped).max(dim=2).values)
         return torch.cat(outputs, dim=-1)
 
 
@@ -120,6 +129,14 @@ class KeypointEncoder(nn.Module):
             nn.Linear(512, 256, bias=False), BatchNorm(256), nn.ReLU(inplace=True),
             nn.Linear(256, config.num_segments),
         )
+
+    def fold_batchnorms_(self) -> KeypointEncoder:
+        """Fold every BatchNorm into the Linear before it, in place, for faster inference (eval mode only:
+        the running statistics become constants, so the result must not be trained). Returns ``self``."""
+        for layer in self.sa:
+            layer.fold_batchnorms_()
+        fold_batchnorms_(self)
+        return self.eval()
 
     def fps_order(self, xyz: torch.Tensor) -> torch.Tensor:
         """Farthest-point order ``(B, N)`` of the input, for inputs that do not arrive in that order."""

@@ -82,6 +82,7 @@ class KeypointModel:
         hard: bool | None = None,
         fps_prefix: bool | None = None,
         compile: bool = False,
+        fold_batchnorm: bool = True,
     ) -> KeypointModel:
         """Load a model file for inference.
 
@@ -89,6 +90,7 @@ class KeypointModel:
         ``fps_prefix``: inputs arrive in farthest-point order (default: the file's setting, True); pass False
         to let the model order unordered clouds itself (slower). ``compile``: ``torch.compile`` the encoder
         (faster per call after a compile of tens of seconds on the first call; see :meth:`warmup`).
+        ``fold_batchnorm``: fold the BatchNorms into the layers before them (same outputs to ~1e-7, faster).
         """
         device = resolve_device(device)
         model, metadata = load_model(Path(path), encoder_only=True, device='cpu')
@@ -96,6 +98,8 @@ class KeypointModel:
         if fps_prefix is not None and fps_prefix != config.fps_prefix:
             model.encoder.config = config = config.replace(fps_prefix=fps_prefix)
         hard = config.hard_keypoints if hard is None else hard
+        if fold_batchnorm:
+            model.encoder.fold_batchnorms_()
         return cls(KeypointDetector(model.encoder, hard), metadata, device, compile=compile)
 
     @property

@@ -60,6 +60,33 @@ def shared_mlp(channels: Sequence[int]) -> SharedMLP:
     return SharedMLP(*mlp_layers(channels))
 
 
+@torch.no_grad()
+def fold_batchnorm(linear: nn.Linear, bn: nn.BatchNorm1d) -> nn.Linear:
+    """One Linear equal to ``bn(linear(x))`` with ``bn`` in eval mode (its running statistics)."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused = nn.Linear(linear.in_features, linear.out_features, bias=True).to(linear.weight)
+    fused.weight.copy_(linear.weight * scale.unsqueeze(1))
+    bias = linear.bias if linear.bias is not None else torch.zeros_like(bn.running_mean)
+    fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    return fused
+
+
+def fold_batchnorms_(module: nn.Module) -> nn.Module:
+    """Fold every BatchNorm that directly follows a Linear inside a Sequential into it, in place.
+
+    For inference only (the running statistics become constants): one matmul instead of a matmul and a
+    normalisation pass per layer. Returns ``module``.
+    """
+    for child in module.modules():
+        if not isinstance(child, nn.Sequential):
+            continue
+        for i in range(len(child) - 1):
+            if isinstance(child[i], nn.Linear) and isinstance(child[i + 1], nn.BatchNorm1d):
+                child[i] = fold_batchnorm(child[i], child[i + 1])
+                child[i + 1] = nn.Identity()
+    return module
+
+
 class FeaturePropagation(nn.Module):
     """PointNet++ feature propagation: 3-NN interpolation up to denser points, concatenation, shared MLP.
 
