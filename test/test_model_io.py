@@ -219,3 +219,18 @@ def test_export_needs_fps_ordered_input():
     unordered = KeyGrid(KeyGridConfig(num_keypoints=6, fps_prefix=False)).encoder.eval()
     with pytest.raises(ValueError, match='fps_prefix'):
         export_detector(unordered, fps_ordered(1, 64))
+
+
+def test_bench_model_reports_the_contract_keys():
+    import argparse
+
+    from keygrid_ros.bench import model as bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(['--points', '128', '--repeats', '1', '--train-batch', '2', '--threads', '1'])
+    result = bench.run(args)
+    for key in ('infer_b1_ms', 'infer_b32_ms', 'train_b2_ms', 'peak_mem_mb', 'params', 'device'):
+        assert key in result, key
+    assert result['device'] == 'cpu' and result['params'] > 3e6 and result['threads'] == 1
+    json.dumps(result)  # one JSON object

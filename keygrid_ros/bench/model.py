@@ -1,7 +1,7 @@
 """``keygrid bench model``: Key-Grid inference (encoder only, as the node runs it) and a training step.
 
-Reported (milliseconds, medians with p90s): ``infer_b1_ms`` and ``infer_b32_ms`` (``--batch`` changes the
-large batch; its key follows it), ``train_b8_ms`` (forward with reconstruction, both losses, backward,
+Reported (milliseconds, medians with p90s): ``infer_b1_ms`` and ``infer_b32_ms`` (``--batch B`` adds
+``infer_bB_ms``), ``train_b8_ms`` (forward with reconstruction, both losses, backward,
 Adadelta step: the expensive, post-warm-up phase), ``peak_mem_mb``, ``params``, ``device``. Inputs are
 synthetic garment-like clouds, normalised and farthest-point ordered like the node's.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 import contextlib
+import copy
 import os
 import resource
 import time
@@ -28,7 +29,7 @@ PAPER_B32 = {'paper_b32_ms': 600.0, 'paper_b32_mem_mb': 6081.0, 'paper_gpu': 'GT
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--device', default='cpu', help="cpu, cuda or auto (cuda when available)")
-    parser.add_argument('--batch', type=int, default=32, help='the large inference batch (default 32)')
+    parser.add_argument('--batch', type=int, default=32, help='an extra inference batch size (1 and 32 always run)')
     parser.add_argument('--train-batch', type=int, default=8, help='training step batch (default 8)')
     parser.add_argument('--points', type=int, default=2048, help='points per cloud (default 2048)')
     parser.add_argument('--repeats', type=int, default=15, help='timed calls per measurement (default 15)')
@@ -37,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='torch.compile the encoder for inference (tens of seconds per batch size, once)')
     parser.add_argument('--bf16', action='store_true', help='bfloat16 autocast for inference and training')
     parser.add_argument('--soft', action='store_true', help='soft keypoints (default: hard, as released)')
+    parser.add_argument('--no-fold', action='store_true',
+                        help='keep the BatchNorms for inference (default: folded, as KeypointModel runs it)')
     parser.add_argument('--skip-train', action='store_true', help='inference only')
 
 
@@ -96,7 +99,10 @@ def run(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     torch.manual_seed(0)
     model = KeyGrid(KeyGridConfig(num_points=args.points)).to(device)
-    detector = KeypointDetector(model.encoder, hard=not args.soft).eval()
+    encoder = copy.deepcopy(model.encoder).eval()
+    if not args.no_fold:
+        encoder.fold_batchnorms_()
+    detector = KeypointDetector(encoder, hard=not args.soft).eval()
     infer = torch.compile(detector, dynamic=False) if args.compile else detector
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
     result: dict = {
@@ -108,13 +114,20 @@ def run(args: argparse.Namespace) -> dict:
         'compile': bool(args.compile),
         'bf16': bool(args.bf16),
         'hard_keypoints': not args.soft,
+        'folded_batchnorm': not args.no_fold,
+        'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY', ''),
         'points': args.points,
         'params': sum(p.numel() for p in model.parameters()),
         'encoder_params': sum(p.numel() for p in model.encoder.parameters()),
         'load_avg': round(os.getloadavg()[0], 2),
-        'note': 'medians of wall time on a machine shared with other processes (noisy); '
-                '*_cpu_ms: median process CPU time per call',
+        'cpu_count': os.cpu_count(),
+        'note': 'medians of wall time; *_cpu_ms: median process CPU time per call',
     }
+    if device.type == 'cpu' and result['load_avg'] >= 0.5 * (os.cpu_count() or 1):
+        # Measured on the 2-core VMs: with both cores busy, torch's spinning OpenMP threads made every op wait
+        # for a descheduled worker (B=1 inference 1.5 s with 2 threads vs 50 ms with 1).
+        result['note'] += ('; the CPU is busy with other processes (load_avg): timings are inflated, and with '
+                           'more than one thread badly so - compare with --threads 1 or OMP_WAIT_POLICY=PASSIVE')
     if device.type == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -122,7 +135,8 @@ def run(args: argparse.Namespace) -> dict:
     baseline = _peak_mb(device)
 
     # Inference: the encoder only, under inference_mode (what the node runs).
-    for batch, repeats in ((1, args.repeats), (args.batch, max(3, args.repeats // 3))):
+    for batch in sorted({1, 32, args.batch}):
+        repeats = args.repeats if batch == 1 else max(3, args.repeats // 3)
         x = garment_clouds(batch, args.points, seed=batch).to(device)
         if device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(device)
