@@ -100,7 +100,12 @@ def save_model(
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The file's metadata, JSON fields decoded, after checking the format (not the weights)."""
+    """The file's metadata after checking the format (not the weights).
+
+    JSON fields come back decoded (``keypoint_names`` a list, ``grid_resolution`` a list, ``training_data``
+    and ``metrics`` as written), ``config`` as a :class:`KeyGridConfig`, ``format_version`` an int; the rest
+    are the stored strings (``num_keypoints``, ``sigma2``, ...).
+    """
     path = Path(path)
     raw, _ = _open(path, load_tensors=False)
     return _decode_metadata(path, raw)
