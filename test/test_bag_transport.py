@@ -116,7 +116,8 @@ def test_cli_with_a_model_file(tmp_path, capsys):
     bag = write_synthetic_bag(tmp_path / 'in', frames=1)
     model = random_keygrid_file(tmp_path / 'model.safetensors', num_points=256)
     code = cli.main(['detect', '--bag', str(bag), '--out', str(tmp_path / 'out'), '--model', str(model),
-                     '--set', 'num_points:=256', '--set', f'target_frame:={TABLE_FRAME}', '--json'])
+                     '--set', 'num_points:=256', '--set', f'target_frame:={TABLE_FRAME}', '--set', 'compile:=false',
+                     '--json'])
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result['detected'] == 1 and result['written']['/keypoints'] == 1

@@ -52,7 +52,7 @@ def test_camera_to_node_to_subscriber(tmp_path, domain):
                                               T.ParticipantEntitiesInfoHumble),
         qos=ros_qos('graph', 1, reader=True),
         listener=DdsListener(on_data_available=lambda r: graph.extend(r.take(N=16))))
-    node = bench.start_node(domain, str(model), ['num_points:=256', 'max_age_s:=0'], device='cpu')
+    node = bench.start_node(domain, str(model), ['num_points:=256', 'max_age_s:=0', 'compile:=false'], device='cpu')
     try:
         assert bench.wait_for_node(listener, node), 'node never published diagnostics:\n' + bench._stop(node)
         camera = bench.start_camera(domain, seconds=4.0, rate=30.0, wait_s=1.0)
@@ -118,8 +118,8 @@ def test_node_survives_malformed_clouds(tmp_path, domain):
 
     model = random_keygrid_file(tmp_path / 'model.safetensors', num_points=256)
     listener = bench.Listener(domain)
-    node = bench.start_node(domain, str(model), ['num_points:=256', 'max_age_s:=0', 'target_frame:=""'],
-                            device='cpu')
+    node = bench.start_node(domain, str(model),
+                            ['num_points:=256', 'max_age_s:=0', 'target_frame:=""', 'compile:=false'], device='cpu')
     camera = DdsTransport('bad_camera', domain_id=domain, distro='humble', env=bench.loopback_env(domain))
     publish = camera.publisher(bench.CLOUD_TOPIC, PointCloud2.ROS_TYPE, 'sensor_data', 5)
     try:

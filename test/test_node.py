@@ -254,7 +254,8 @@ def test_model_path_resolves_against_the_share_folder(tmp_path):
     (tmp_path / 'models').mkdir()
     model = random_keygrid_file(tmp_path / 'models' / 'm.safetensors', num_points=256)
     assert resolve_model_path('models/m.safetensors', share=tmp_path) == model
-    node = DetectorNode({'model_path': 'models/m.safetensors', 'num_points': 256}, lambda *_: None, share=tmp_path)
+    node = DetectorNode({'model_path': 'models/m.safetensors', 'num_points': 256, 'compile': False}, lambda *_: None,
+                        share=tmp_path)
     assert node.detector.names == tuple(f'kp{i}' for i in range(8))
 
 
@@ -273,3 +274,25 @@ def test_model_that_cannot_run_fails_at_startup_not_at_the_first_frame():
     model = StubModel()
     DetectorNode({}, lambda *_: None, model=model)
     assert model.calls == 2  # warmed up
+
+
+def test_a_failed_compile_falls_back_to_the_eager_model(tmp_path, monkeypatch, caplog):
+    from keygrid_ros.ros import node as node_module
+
+    requested = []
+
+    def load(path, model_type, device, compile=False):  # noqa: A002 - the real keyword's name
+        requested.append(compile)
+        return StubModel(fail=compile)  # the compiled model blows up on its first call, as inductor can
+
+    monkeypatch.setattr(node_module, 'load_model', load)
+    (tmp_path / 'm.safetensors').write_bytes(b'stub')
+    with caplog.at_level(logging.WARNING):
+        node = DetectorNode({'model_path': str(tmp_path / 'm.safetensors')}, lambda *_: None)
+    assert requested == [True, False]
+    assert not node.detector.model.fail
+    assert any('torch.compile failed' in r.getMessage() for r in caplog.records)
+    # Without compile the same broken model is a start-up error, not a silent fallback.
+    monkeypatch.setattr(node_module, 'load_model', lambda *a, **k: StubModel(fail=True))
+    with pytest.raises(NodeStartupError, match='does not run'):
+        DetectorNode({'model_path': str(tmp_path / 'm.safetensors'), 'compile': False}, lambda *_: None)

@@ -258,21 +258,24 @@ class DetectorNode:
         if warning:
             self.logger.warning(warning)
         self.device = device
+        compiled = False
         if model is None:
             path = resolve_model_path(merged['model_path'], share)
-            try:
-                model = load_model(path, merged['model_type'], device)
-            except Exception as exc:  # ModelLoadError, or anything a broken file throws
-                raise NodeStartupError(str(exc)) from exc
-            self.logger.info(f"loaded {merged['model_type']} model {path} on {device}")
+            compiled = merged['compile'] and warmup  # compiling happens in the warm-up, never on a live frame
+            model = self._load_model(path, merged['model_type'], device, compiled)
         self.detector = Detector(model, _preprocess_config(merged), device=device,
                                  hard_keypoints=merged['hard_keypoints'], smoothing=merged['smoothing'])
         if warmup:
             try:
                 ms = self.detector.warmup()
-            except Exception as exc:  # wrong num_points for the model, broken weights ...
-                raise NodeStartupError(f'the model does not run on {merged["num_points"]} points: '
-                                       f'{type(exc).__name__}: {exc}') from exc
+            except Exception as exc:
+                if compiled:  # no C++ toolchain, an inductor bug ...: the eager model is only slower
+                    self.logger.warning(f'torch.compile failed ({type(exc).__name__}: {exc}); running the model '
+                                        'eagerly (set compile:=false to skip the attempt)')
+                    self.detector.model = self._load_model(path, merged['model_type'], device, False)
+                    ms = self._warm_up_or_fail(merged['num_points'])
+                else:
+                    raise self._model_cannot_run(merged['num_points'], exc) from exc
             self.logger.info(f'model warmed up ({ms:.0f} ms per cloud of {merged["num_points"]} points)')
 
         self.started_ns = clock()
@@ -285,6 +288,25 @@ class DetectorNode:
         self._last_frame = ''
         self._next_diagnostics_ns = 0
         self._warned_no_input = False
+
+    def _load_model(self, path: Path, model_type: str, device: str, compiled: bool) -> KeypointModel:
+        try:
+            model = load_model(path, model_type, device, compile=compiled)
+        except Exception as exc:  # ModelLoadError, or anything a broken file throws
+            raise NodeStartupError(str(exc)) from exc
+        self.logger.info(f'loaded {model_type} model {path} on {device}'
+                         + (' (the encoder compiles during the warm-up)' if compiled else ''))
+        return model
+
+    def _warm_up_or_fail(self, num_points: int) -> float:
+        try:
+            return self.detector.warmup()
+        except Exception as exc:  # wrong num_points for the model, broken weights ...
+            raise self._model_cannot_run(num_points, exc) from exc
+
+    @staticmethod
+    def _model_cannot_run(num_points: int, exc: Exception) -> NodeStartupError:
+        return NodeStartupError(f'the model does not run on {num_points} points: {type(exc).__name__}: {exc}')
 
     @staticmethod
     def _device(requested: str) -> tuple[str, str | None]:
