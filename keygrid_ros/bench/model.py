@@ -34,8 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--points', type=int, default=2048, help='points per cloud (default 2048)')
     parser.add_argument('--repeats', type=int, default=15, help='timed calls per measurement (default 15)')
     parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0 = torch default)')
-    parser.add_argument('--compile', action='store_true',
-                        help='torch.compile the encoder for inference (tens of seconds per batch size, once)')
+    parser.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None,
+                        help='torch.compile the encoder for inference, as the node does by default (tens of '
+                        'seconds per batch size, once; not timed); --no-compile: eager. Default: on for '
+                        'keygrid, off for useek')
+    parser.add_argument('--model-type', choices=('keygrid', 'useek'), default='keygrid',
+                        help='useek: the SPRIN student (same options and keys)')
     parser.add_argument('--bf16', action='store_true', help='bfloat16 autocast for inference and training')
     parser.add_argument('--soft', action='store_true', help='soft keypoints (default: hard, as released)')
     parser.add_argument('--no-fold', action='store_true',
@@ -94,6 +98,12 @@ def _peak_mb(device: torch.device) -> float:
 def run(args: argparse.Namespace) -> dict:
     from keygrid_ros.model import KeyGrid, KeyGridConfig, KeypointDetector, resolve_device
 
+    if args.compile is None:
+        args.compile = args.model_type == 'keygrid'
+    if args.model_type == 'useek':
+        from keygrid_ros.bench import student
+
+        return student.run(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
