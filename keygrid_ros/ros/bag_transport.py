@@ -27,7 +27,7 @@ import numpy as np
 
 from keygrid_ros.messages import TFMessage
 from keygrid_ros.perception.cloud_io import POINTCLOUD2, TF_MESSAGE, CloudIOError, bag_topics, iter_bag_messages
-from keygrid_ros.ros.node import NODE_NAME, DetectorNode, FrameOutcome
+from keygrid_ros.ros.node import NODE_NAME, DetectorNode, FrameOutcome, resolve_name
 from keygrid_ros.ros.rosbag_io import BagWriter
 from keygrid_ros.ros.tf_buffer import TfBuffer
 
@@ -36,13 +36,8 @@ TF_TOPICS = ('/tf', '/tf_static')
 
 
 def resolve_topic(name: str, node_name: str = NODE_NAME, namespace: str = '') -> str:
-    """ROS name resolution for our topics: ``~/x`` -> ``/<ns>/<node>/x``, relative -> ``/<ns>/x``."""
-    namespace = '/' + namespace.strip('/') if namespace.strip('/') else ''
-    if name.startswith('/'):
-        return name
-    if name.startswith('~/'):
-        return f'{namespace}/{node_name}/{name[2:]}'
-    return f'{namespace}/{name}'
+    """The recorded topic of one of our outputs (see :func:`keygrid_ros.ros.node.resolve_name`)."""
+    return resolve_name(name, node_name, namespace)
 
 
 @dataclass

@@ -164,6 +164,18 @@ def source_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
+def resolve_name(name: str, node_name: str = NODE_NAME, namespace: str = '',
+                 remap: Mapping[str, str] | None = None) -> str:
+    """ROS name resolution, remapping first: ``~/x`` -> ``/<ns>/<node>/x``, ``x`` -> ``/<ns>/x``, ``/x`` stays."""
+    name = (remap or {}).get(name, name)
+    namespace = '/' + namespace.strip('/') if namespace.strip('/') else ''
+    if name.startswith('/'):
+        return name
+    if name.startswith('~/'):
+        return f'{namespace}/{node_name}/{name[2:]}'
+    return f'{namespace}/{name}'
+
+
 def resolve_model_path(path: str, share: Path | None = None) -> Path:
     """Absolute paths as they are; relative ones against the share folder, the source tree, then the cwd.
 

@@ -25,6 +25,7 @@ from keygrid_ros.ros.dds import types as T
 from keygrid_ros.ros.dds.config import cyclone_config
 from keygrid_ros.ros.dds.convert import to_dds
 from keygrid_ros.ros.dds.qos import ros_qos
+from keygrid_ros.ros.node import resolve_name
 
 LOG = logging.getLogger('keygrid.detect.dds')
 DISTROS = ('humble', 'jazzy')
@@ -36,14 +37,8 @@ def default_distro() -> str:
 
 
 def fully_qualified(name: str, node_name: str, namespace: str = '', remap: Mapping[str, str] | None = None) -> str:
-    """ROS name resolution (remap first): ``~/x`` -> ``/ns/node/x``, ``x`` -> ``/ns/x``, ``/x`` stays."""
-    name = (remap or {}).get(name, name)
-    namespace = '/' + namespace.strip('/') if namespace.strip('/') else ''
-    if name.startswith('/'):
-        return name
-    if name.startswith('~/'):
-        return f'{namespace}/{node_name}/{name[2:]}'
-    return f'{namespace}/{name}'
+    """ROS name resolution (see :func:`keygrid_ros.ros.node.resolve_name`)."""
+    return resolve_name(name, node_name, namespace, remap)
 
 
 def dds_topic_name(fq_name: str) -> str:
