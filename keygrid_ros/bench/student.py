@@ -5,34 +5,17 @@ Meant to run as ``keygrid bench model --model-type useek``: it takes the model b
 returns the same keys (``infer_b1_ms``, ``infer_b{batch}_ms``, ``train_b{train_batch}_ms``, ``*_p90_ms``,
 ``*_cpu_ms``, ``*_peak_mem_mb``, ``params``, ``device``...), measured with the model benchmark's timer on the
 same synthetic garment clouds. The training step is forward + negative-sampled BCE + backward + Adam on fixed
-random labels (the teacher's cost is Key-Grid inference, measured by the Key-Grid benchmark). Standalone:
-``python -m keygrid_ros.bench.student --json``.
+random labels (the teacher's cost is Key-Grid inference, measured by the Key-Grid benchmark).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import sys
 import time
 
 import torch
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model benchmark's options (for standalone use; under ``keygrid bench model`` they exist already)."""
-    parser.add_argument('--device', default='cpu', help='cpu, cuda or auto (cuda when available)')
-    parser.add_argument('--batch', type=int, default=32, help='the large inference batch (default 32)')
-    parser.add_argument('--train-batch', type=int, default=8, help='training step batch (default 8)')
-    parser.add_argument('--points', type=int, default=2048, help='points per cloud (default 2048)')
-    parser.add_argument('--repeats', type=int, default=15, help='timed calls per measurement (default 15)')
-    parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0 = torch default)')
-    parser.add_argument('--compile', action='store_true', help='torch.compile the student network')
-    parser.add_argument('--bf16', action='store_true', help='bfloat16 autocast (geometry stays float32)')
-    parser.add_argument('--soft', action='store_true', help='accepted for symmetry; the student is always soft')
-    parser.add_argument('--skip-train', action='store_true', help='inference only')
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -123,21 +106,3 @@ def run(args: argparse.Namespace) -> dict:
     result['peak_mem_mb'] = round(max(v for k, v in result.items() if k.endswith('_peak_mem_mb')), 1)
     result['peak_mem_kind'] = 'torch.cuda.max_memory_allocated' if device.type == 'cuda' else 'process max RSS'
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m keygrid_ros.bench.student', description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    parser.add_argument('--json', action='store_true', help='print one JSON object as the last line')
-    args = parser.parse_args(argv)
-    result = run(args)
-    if args.json:
-        print(json.dumps(result, sort_keys=True))
-    else:
-        for key, value in result.items():
-            print(f'{key:>24}: {value}')
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())
