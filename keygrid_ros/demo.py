@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from keygrid_ros.bench.preprocess import synthetic_message
 
     message, transform = synthetic_message()
-    points = read_xyz(message, skip_nans=False, organized=False)
+    points = read_xyz(message, skip_nans=False, organized=True)
     result, total_ms = run_frontend(points, transform, args,
                                     'bundled sample: synthetic 640x480 depth view of a T-shirt on a table')
     if args.png:

@@ -96,7 +96,12 @@ DETECT_PARAMS: tuple[ParamSpec, ...] = (
        'target frame (debugging; costs bandwidth).'),
     _p('publish_tf', False, 'Broadcast one TF frame per keypoint (keygrid_kp_<i>), child of the '
        'output frame.'),
-    # --- preprocessing: crop box in the target frame ---
+    # --- preprocessing ---
+    _p('decimation', 2, 'Use every n-th row and column of an organised cloud before anything else (n² fewer '
+       'points). A 640x480 camera at 1 m samples about every 1.6 mm, finer than the voxel grid, so 2 keeps '
+       'what the voxel grid keeps at a quarter of the cost. Unorganised clouds are never decimated.',
+       min=1, max=8),
+    # --- crop box in the target frame ---
     _p('crop.enabled', True, 'Crop the cloud to an axis-aligned box in the target frame.'),
     _p('crop.min', [-0.6, -0.6, -0.2], 'Lower corner (x, y, z) of the workspace box, metres, '
        'target frame. Points below it on any axis are removed.', length=3),

@@ -281,3 +281,19 @@ def test_clusters_that_are_not_garments_are_rejected_with_the_reason(rng, thing,
     result = Preprocessor(config)(np.vstack([table, obj]).astype(np.float32), np.eye(4))
     assert not result.ok
     assert result.report.reason.startswith('no garment') and fragment in result.report.reason
+
+
+def test_decimation_takes_every_nth_pixel_of_organised_clouds_only(scene):
+    full = Preprocessor(PreprocessConfig(decimation=1))(scene.points, scene.table_from_camera)
+    halved = Preprocessor(PreprocessConfig(decimation=2))(scene.points, scene.table_from_camera)
+    assert halved.report.points['decimate'] == 240 * 320 and 'decimate' not in full.report.points
+    assert halved.report.points['crop'] == int(np.isfinite(scene.points[::2, ::2]).all(axis=2).sum())
+    # The same garment either way: the decimated model input lies on it and covers it.
+    pose = scene.table_from_camera
+    truth = scene.points[scene.garment_mask] @ pose[:3, :3].T + pose[:3, 3]
+    assert np.percentile(cKDTree(truth).query(halved.points)[0], 99) < 0.005
+    assert np.percentile(cKDTree(halved.points).query(truth)[0], 99) < 0.015
+    flat = scene.points.reshape(-1, 3)
+    unorganised = Preprocessor(PreprocessConfig(decimation=2))(flat, scene.table_from_camera)
+    assert 'decimate' not in unorganised.report.points  # an (N, 3) cloud is never thinned
+    np.testing.assert_array_equal(unorganised.model_input, full.model_input)

@@ -61,7 +61,7 @@ def _bench_device(message, transform, config, device: str, repeats: int) -> dict
     result = None
     for i in range(repeats + 5):
         start = time.perf_counter()
-        points = read_xyz(message, skip_nans=False, organized=False)
+        points = read_xyz(message, skip_nans=False, organized=True)
         decoded = time.perf_counter()
         result = preprocess(points, transform)
         end = time.perf_counter()

@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     from keygrid_ros.perception.cloud_io import load_cloud
 
     message = load_cloud(args.cloud, topic=args.topic, index=args.index)
-    points = read_xyz(message, skip_nans=False, organized=False)
+    points = read_xyz(message, skip_nans=False, organized=True)
     transform = np.load(args.transform) if args.transform else None
     result, _ = run_frontend(points, transform, args, f'{args.cloud} ({message.width}x{message.height})')
     return 0 if result.ok else 1

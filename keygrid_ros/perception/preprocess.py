@@ -2,6 +2,7 @@
 
 Stages (each optional, configured from the node's parameters, see ``config/detect.yaml``):
 
+0. ``decimate``: every n-th row and column of an organised cloud (a view, no copy).
 1. ``transform`` + ``crop``: into the target frame (a 4x4 from TF, given by the caller) and an
    axis-aligned workspace box there; NaN points go in the same pass.
 2. ``voxel``: one averaged point per voxel, so the later stages cost the same at any camera range.
@@ -40,6 +41,7 @@ from keygrid_ros.perception.sampling import fps_order
 class PreprocessConfig:
     """Stage settings; see ``keygrid_ros.params`` for what each one means."""
 
+    decimation: int = 2
     crop_enabled: bool = True
     crop_min: tuple[float, float, float] = (-0.6, -0.6, -0.2)
     crop_max: tuple[float, float, float] = (0.6, 0.6, 1.5)
@@ -68,6 +70,7 @@ class PreprocessConfig:
         merged = default_params()
         merged.update(values or {})
         return cls(
+            decimation=merged['decimation'],
             crop_enabled=merged['crop.enabled'],
             crop_min=tuple(merged['crop.min']),
             crop_max=tuple(merged['crop.max']),
@@ -162,15 +165,19 @@ class Preprocessor:
 
         Args:
             points: (N, 3) or organised (H, W, 3) float32/float64 sensor points, NaN for no return
-                (read-only or strided views are fine; nothing is written).
+                (read-only or strided views are fine; nothing is written). Pass organised clouds as
+                (H, W, 3) so that ``decimation`` can apply.
             transform: (4, 4) target <- sensor transform, or None when the cloud is already in the
                 target frame.
         """
         cfg = self.config
         report = PreprocessReport()
         watch = _Stopwatch(report, self.device)
+        report.points['input'] = int(points.size // 3)
+        if points.ndim == 3 and points.shape[0] > 1 and cfg.decimation > 1:  # organised: a strided view
+            points = points[::cfg.decimation, ::cfg.decimation]
+            report.points['decimate'] = int(points.size // 3)
         flat = points.reshape(-1, 3)
-        report.points['input'] = int(flat.shape[0])
         with warnings.catch_warnings():
             # A zero-copy view of a message buffer is read-only; torch warns but never writes to it.
             warnings.simplefilter('ignore', UserWarning)

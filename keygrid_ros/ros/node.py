@@ -397,10 +397,10 @@ class DetectorNode:
         target_frame = self.values['target_frame'].lstrip('/') or source_frame
         out_header = outputs.output_header(header, target_frame)
         try:
-            points = read_xyz(cloud, skip_nans=False, organized=False)
+            points = read_xyz(cloud, skip_nans=False, organized=True)
         except (PointCloud2Error, ValueError, TypeError, AttributeError) as exc:
             return self._fail(out_header, 'decode', f'malformed PointCloud2 skipped: {exc}', 'decode_errors')
-        if points.shape[0] == 0:
+        if points.size == 0:
             return self._fail(out_header, 'decode', 'empty PointCloud2 (0 points) skipped')
 
         transform = None
@@ -423,7 +423,7 @@ class DetectorNode:
         detection = self.detector(points, transform)
         if not detection.ok:
             reason = detection.reason
-            if detection.stage_points.get('crop', 1) == 0 and not np.isfinite(points).all(axis=1).any():
+            if detection.stage_points.get('crop', 1) == 0 and not np.isfinite(points).all(axis=-1).any():
                 reason = 'cloud has no valid point (all NaN/inf)'
             self._last_detection = detection
             return self._fail(out_header, 'detect', reason, stamp=stamp)
