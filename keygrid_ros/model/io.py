@@ -107,7 +107,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     are the stored strings (``num_keypoints``, ``sigma2``, ...).
     """
     path = Path(path)
-    raw, _ = _open(path, load_tensors=False)
+    raw, _ = read_safetensors(path, load_tensors=False)
     return _decode_metadata(path, raw)
 
 
@@ -126,7 +126,7 @@ def load_model(
     inference needs), from either kind of file.
     """
     path = Path(path)
-    raw, tensors = _open(path, load_tensors=True)
+    raw, tensors = read_safetensors(path, load_tensors=True)
     metadata = _decode_metadata(path, raw)
     stored = metadata['config']
     if config is None:
@@ -152,8 +152,8 @@ def load_model(
     return model.to(device).eval(), metadata
 
 
-def _open(path: Path, load_tensors: bool) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """Header metadata and (optionally) the tensors, any read failure turned into a ModelFileError."""
+def read_safetensors(path: Path, load_tensors: bool) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Header metadata and (optionally) the tensors of a model file, any read failure a ModelFileError."""
     if not path.is_file():
         raise ModelFileError(f'{path}: no such model file')
     try:
@@ -165,27 +165,40 @@ def _open(path: Path, load_tensors: bool) -> tuple[dict[str, str], dict[str, tor
     return raw, tensors
 
 
-def _decode_metadata(path: Path, raw: dict[str, str]) -> dict[str, Any]:
-    if raw.get('format') != FORMAT:
-        raise ModelFileError(f'{path}: not a Key-Grid model file (format {raw.get("format")!r}, expected {FORMAT!r})')
-    missing = [key for key in _REQUIRED_KEYS if key not in raw]
+def decode_header(path: Path, raw: dict[str, str], *, file_format: str, format_version: int, what: str,
+                  required: tuple[str, ...], json_keys: tuple[str, ...], config_from_dict: Any,
+                  hint: str = '') -> dict[str, Any]:
+    """The checks every model format shares: format name, required keys, version, JSON fields, config.
+
+    Returns the metadata with JSON fields decoded, ``config`` built by ``config_from_dict`` and
+    ``format_version`` an int; ``what`` names the format in errors ("a Key-Grid model file").
+    """
+    if raw.get('format') != file_format:
+        raise ModelFileError(f'{path}: not {what} (format {raw.get("format")!r}, expected {file_format!r}){hint}')
+    missing = [key for key in required if key not in raw]
     if missing:
         raise ModelFileError(f'{path}: metadata lacks {", ".join(missing)}')
     try:
         version = int(raw['format_version'])
     except ValueError as exc:
         raise ModelFileError(f'{path}: bad format_version {raw["format_version"]!r}') from exc
-    if version > FORMAT_VERSION:
-        raise ModelFileError(f'{path}: format version {version} is newer than this package reads ({FORMAT_VERSION})')
+    if version > format_version:
+        raise ModelFileError(f'{path}: format version {version} is newer than this package reads ({format_version})')
     metadata: dict[str, Any] = dict(raw)
     try:
-        for key in _JSON_KEYS:
+        for key in json_keys:
             if key in raw:
                 metadata[key] = json.loads(raw[key])
-        metadata['config'] = KeyGridConfig.from_dict(metadata['config'])
+        metadata['config'] = config_from_dict(metadata['config'])
     except (ValueError, TypeError) as exc:
         raise ModelFileError(f'{path}: unreadable metadata: {exc}') from exc
     metadata['format_version'] = version
+    return metadata
+
+
+def _decode_metadata(path: Path, raw: dict[str, str]) -> dict[str, Any]:
+    metadata = decode_header(path, raw, file_format=FORMAT, format_version=FORMAT_VERSION, what='a Key-Grid model file',
+                             required=_REQUIRED_KEYS, json_keys=_JSON_KEYS, config_from_dict=KeyGridConfig.from_dict)
     config: KeyGridConfig = metadata['config']
     if metadata['normalization'] != NORMALIZATION:
         raise ModelFileError(f'{path}: inputs normalised with {metadata["normalization"]!r}; '

@@ -45,12 +45,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import safe_open
 from safetensors.torch import save_file
 import torch
 
 from .inference import Prediction, resolve_device
-from .io import ModelFileError, _checksum, default_keypoint_names
+from .io import ModelFileError, _checksum, decode_header, default_keypoint_names, read_safetensors
 from .sprin import ARCHITECTURE_FIELDS, SPRINConfig, SPRINSeg, keypoints_from_logits, normalize_input
 
 FORMAT = 'keygrid_ros.useek'
@@ -132,14 +131,14 @@ def save_student(
 
 def file_format(path: str | os.PathLike) -> str | None:
     """The ``format`` field of a model file's metadata (None when absent); ModelFileError when unreadable."""
-    raw, _ = _open(Path(path), load_tensors=False)
+    raw, _ = read_safetensors(Path(path), load_tensors=False)
     return raw.get('format')
 
 
 def read_student_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """A student file's metadata, JSON decoded, ``config`` as :class:`SPRINConfig` (weights not read)."""
     path = Path(path)
-    raw, _ = _open(path, load_tensors=False)
+    raw, _ = read_safetensors(path, load_tensors=False)
     return _decode(path, raw)
 
 
@@ -149,7 +148,7 @@ def load_student(path: str | os.PathLike, config: SPRINConfig | None = None, dev
     (must agree with the file on :data:`~keygrid_ros.model.sprin.ARCHITECTURE_FIELDS`; its sampling settings
     are used)."""
     path = Path(path)
-    raw, tensors = _open(path, load_tensors=True)
+    raw, tensors = read_safetensors(path, load_tensors=True)
     metadata = _decode(path, raw)
     stored: SPRINConfig = metadata['config']
     if config is not None:
@@ -175,40 +174,11 @@ def load_student(path: str | os.PathLike, config: SPRINConfig | None = None, dev
     return net.to(device).eval(), metadata
 
 
-def _open(path: Path, load_tensors: bool) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    if not path.is_file():
-        raise ModelFileError(f'{path}: no such model file')
-    try:
-        with safe_open(str(path), framework='pt', device='cpu') as f:
-            raw = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()} if load_tensors else {}
-    except Exception as exc:  # safetensors has its own error types for every kind of damage
-        raise ModelFileError(f'{path}: not a readable safetensors model file (truncated or corrupt?): {exc}') from exc
-    return raw, tensors
-
-
 def _decode(path: Path, raw: dict[str, str]) -> dict[str, Any]:
-    if raw.get('format') != FORMAT:
-        raise ModelFileError(f'{path}: not a USEEK student model file (format {raw.get("format")!r}, expected '
-                             f'{FORMAT!r}); a Key-Grid model is loaded with model_type keygrid')
-    missing = [key for key in _REQUIRED_KEYS if key not in raw]
-    if missing:
-        raise ModelFileError(f'{path}: metadata lacks {", ".join(missing)}')
-    try:
-        version = int(raw['format_version'])
-    except ValueError as exc:
-        raise ModelFileError(f'{path}: bad format_version {raw["format_version"]!r}') from exc
-    if version > FORMAT_VERSION:
-        raise ModelFileError(f'{path}: format version {version} is newer than this package reads ({FORMAT_VERSION})')
-    metadata: dict[str, Any] = dict(raw)
-    try:
-        for key in _JSON_KEYS:
-            if key in raw:
-                metadata[key] = json.loads(raw[key])
-        metadata['config'] = SPRINConfig.from_dict(metadata['config'])
-    except (ValueError, TypeError) as exc:
-        raise ModelFileError(f'{path}: unreadable metadata: {exc}') from exc
-    metadata['format_version'] = version
+    metadata = decode_header(path, raw, file_format=FORMAT, format_version=FORMAT_VERSION,
+                             what='a USEEK student model file', required=_REQUIRED_KEYS, json_keys=_JSON_KEYS,
+                             config_from_dict=SPRINConfig.from_dict,
+                             hint='; a Key-Grid model is loaded with model_type keygrid')
     K = metadata['config'].num_keypoints
     if len(metadata['keypoint_names']) != K:
         raise ModelFileError(f'{path}: {len(metadata["keypoint_names"])} keypoint names for {K} keypoints')
@@ -217,7 +187,6 @@ def _decode(path: Path, raw: dict[str, str]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------------------
 # the inference wrapper
-
 
 class StudentModel:
     """A loaded student with its metadata; the :class:`~keygrid_ros.model.inference.KeypointModel` surface."""
