@@ -22,6 +22,15 @@ SA_MLPS = (
 )
 
 
+
+def reject_unknown_fields(cls: type, data: dict[str, Any], what: str) -> None:
+    """Raise ValueError naming the keys of ``data`` that are not fields of the dataclass ``cls`` (a newer
+    file, or a typo in a config), with the known ones listed."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f'unknown {what}: {", ".join(unknown)} (known: {", ".join(sorted(known))})')
+
 @dataclass(frozen=True)
 class KeyGridConfig:
     """Architecture, sampling, loss and ablation settings.
@@ -96,10 +105,7 @@ class KeyGridConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> KeyGridConfig:
         """Inverse of :meth:`to_dict`. Unknown keys are an error (a newer file, or a typo)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f'unknown KeyGridConfig fields: {", ".join(unknown)}')
+        reject_unknown_fields(cls, data, 'KeyGridConfig fields')
         return cls(**{key: _tuplify(value) for key, value in data.items()})
 
     def replace(self, **changes: Any) -> KeyGridConfig:

@@ -21,7 +21,7 @@ computed in at least float32, also under autocast: bfloat16 distances would reor
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 import math
 from typing import Any, NamedTuple
 
@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from .config import reject_unknown_fields
 
 
 class ConvSpec(NamedTuple):
@@ -152,10 +153,7 @@ class SPRINConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SPRINConfig:
         """Inverse of :meth:`to_dict`. Unknown keys are an error (a newer file, or a typo)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f'unknown SPRINConfig fields: {", ".join(unknown)}')
+        reject_unknown_fields(cls, data, 'SPRINConfig fields')
         return cls(**data)
 
     def replace(self, **changes: Any) -> SPRINConfig:

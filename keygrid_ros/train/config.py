@@ -14,11 +14,13 @@ Overrides use dotted keys and YAML values::
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ..model.config import reject_unknown_fields
 
 
 @dataclass
@@ -100,10 +102,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f'unknown training settings: {", ".join(unknown)} (known: {", ".join(sorted(known))})')
+        reject_unknown_fields(cls, data, 'training settings')
         return cls(**data)
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 import copy
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 import json
 import logging
 from pathlib import Path
@@ -46,6 +46,7 @@ import yaml
 
 from ..data.dataset import SequenceDataset
 from ..data.sequences import load_sequence
+from ..model.config import reject_unknown_fields
 from ..model.sprin import SPRINConfig, SPRINSeg, keypoints_from_logits, normalize_input
 from ..model.student import save_student
 from . import evaluate
@@ -169,10 +170,7 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DistillConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f'unknown distillation settings: {", ".join(unknown)} (known: {", ".join(sorted(known))})')
+        reject_unknown_fields(cls, data, 'distillation settings')
         return cls(**data)
 
 
