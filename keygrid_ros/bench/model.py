@@ -41,6 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--model-type', choices=('keygrid', 'useek'), default='keygrid',
                         help='useek: the SPRIN student (same options and keys)')
     parser.add_argument('--bf16', action='store_true', help='bfloat16 autocast for inference and training')
+    parser.add_argument('--train-amp', choices=('bf16', 'off'), default='bf16',
+                        help="the training step's mixed precision, by the trainer's rule (default, as `keygrid "
+                        "train`: bf16 on GPUs and on CPUs with native bf16, else fp32); off: fp32")
     parser.add_argument('--soft', action='store_true', help='soft keypoints (default: hard, as released)')
     parser.add_argument('--no-fold', action='store_true',
                         help='keep the BatchNorms for inference (default: folded, as KeypointModel runs it)')
@@ -173,10 +176,15 @@ def run(args: argparse.Namespace) -> dict:
         if device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(device)
 
-        def step():
-            with autocast():
+        from keygrid_ros.train.trainer import training_autocast_dtype
+
+        train_dtype = torch.bfloat16 if args.bf16 else training_autocast_dtype(device, args.train_amp)
+        result['train_autocast'] = str(train_dtype).replace('torch.', '') if train_dtype else 'off'
+
+        def step():  # as the trainer's step: forward and losses under autocast, backward and update outside
+            with torch.autocast(device.type, dtype=train_dtype or torch.float32, enabled=train_dtype is not None):
                 output = model(x, reconstruct=True)
-            losses = model.losses(x, output)
+                losses = model.losses(x, output)
             optimizer.zero_grad(set_to_none=True)
             losses['loss'].backward()
             optimizer.step()

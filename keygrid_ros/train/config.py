@@ -55,7 +55,7 @@ class TrainConfig:
     # --- runtime ---
     seed: int = 0
     device: str = 'auto'  # 'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...
-    amp: str = 'bf16'  # mixed precision on GPU: 'bf16', 'fp16' (with a grad scaler) or 'off'; CPU is always fp32
+    amp: str = 'bf16'  # mixed precision: 'bf16' (GPU, and CPUs with native bf16), 'fp16' (GPU, grad scaler), 'off'
     tf32: bool = True  # TF32 matmuls/convolutions on Ampere+ GPUs
     num_workers: int = 0  # DataLoader workers
     threads: int = 0  # torch CPU threads per process (0 = torch's default)

