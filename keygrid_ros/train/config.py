@@ -75,14 +75,7 @@ class TrainConfig:
         self.betas = tuple(self.betas)
         if self.optimizer not in ('adadelta', 'adam'):
             raise ValueError(f"optimizer must be 'adadelta' or 'adam', got {self.optimizer!r}")
-        if self.amp not in ('bf16', 'fp16', 'off'):
-            raise ValueError(f"amp must be 'bf16', 'fp16' or 'off', got {self.amp!r}")
-        if self.batch_size < 1 or self.epochs < 1:
-            raise ValueError('batch_size and epochs must be at least 1')
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError('val_fraction must be in [0, 1)')
-        if self.sampling not in ('fps', 'surface'):
-            raise ValueError(f"sampling must be 'fps' or 'surface', got {self.sampling!r}")
+        check_run_settings(self)
         if isinstance(self.train, str):
             self.train = [self.train]
         if isinstance(self.val, str):
@@ -104,6 +97,19 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         reject_unknown_fields(cls, data, 'training settings')
         return cls(**data)
+
+
+def check_run_settings(config: Any) -> None:
+    """The checks every training-like run shares (``keygrid train`` and ``keygrid distill``): mixed precision,
+    batch size and epochs, the validation fraction and the point sampling."""
+    if config.amp not in ('bf16', 'fp16', 'off'):
+        raise ValueError(f"amp must be 'bf16', 'fp16' or 'off', got {config.amp!r}")
+    if config.batch_size < 1 or config.epochs < 1:
+        raise ValueError('batch_size and epochs must be at least 1')
+    if not 0.0 <= config.val_fraction < 1.0:
+        raise ValueError('val_fraction must be in [0, 1)')
+    if config.sampling not in ('fps', 'surface'):
+        raise ValueError(f"sampling must be 'fps' or 'surface', got {config.sampling!r}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

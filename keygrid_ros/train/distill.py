@@ -51,7 +51,7 @@ from ..model.sprin import SPRINConfig, SPRINSeg, keypoints_from_logits, normaliz
 from ..model.student import save_student
 from . import evaluate
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import apply_overrides, resolve_paths
+from .config import apply_overrides, check_run_settings, resolve_paths
 from .trainer import (
     CHECKPOINT,
     MODEL_BEST,
@@ -136,14 +136,7 @@ class DistillConfig:
         self.betas = tuple(self.betas)
         if self.optimizer not in ('adam', 'adamw'):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
-        if self.amp not in ('bf16', 'fp16', 'off'):
-            raise ValueError(f"amp must be 'bf16', 'fp16' or 'off', got {self.amp!r}")
-        if self.batch_size < 1 or self.epochs < 1:
-            raise ValueError('batch_size and epochs must be at least 1')
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError('val_fraction must be in [0, 1)')
-        if self.sampling not in ('fps', 'surface'):
-            raise ValueError(f"sampling must be 'fps' or 'surface', got {self.sampling!r}")
+        check_run_settings(self)
         if self.expand <= 0 or not 0 < self.dist_threshold <= 1 or self.negative_sampling_factor < 0:
             raise ValueError('expand must be > 0, dist_threshold in (0, 1], negative_sampling_factor >= 0')
         for key in ('train', 'val'):
