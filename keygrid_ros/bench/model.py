@@ -98,6 +98,21 @@ def _peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def record_timing(result: dict, key: str, timing: dict, device: torch.device) -> None:
+    """Store a :func:`_time` result under ``<key>_ms`` / ``_p90_ms`` / ``_cpu_ms`` with the peak memory so far."""
+    result[f'{key}_ms'] = timing['ms']
+    result[f'{key}_p90_ms'] = timing['p90_ms']
+    result[f'{key}_cpu_ms'] = timing['cpu_ms']
+    result[f'{key}_peak_mem_mb'] = round(_peak_mb(device), 1)
+
+
+def record_memory(result: dict, baseline: float, device: torch.device) -> None:
+    """The overall peak over every measurement, the baseline before them, and what "peak" means here."""
+    result['baseline_mem_mb'] = round(baseline, 1)
+    result['peak_mem_mb'] = round(max(v for k, v in result.items() if k.endswith('_peak_mem_mb')), 1)
+    result['peak_mem_kind'] = 'torch.cuda.max_memory_allocated' if device.type == 'cuda' else 'process max RSS'
+
+
 def run(args: argparse.Namespace) -> dict:
     from keygrid_ros.model import KeyGrid, KeyGridConfig, KeypointDetector, resolve_device
 
@@ -163,10 +178,7 @@ def run(args: argparse.Namespace) -> dict:
         if args.compile:
             result[f'compile_b{batch}_s'] = round(time.perf_counter() - compile_start, 1)
         timing = _time(call, device, repeats)
-        result[f'infer_b{batch}_ms'] = timing['ms']
-        result[f'infer_b{batch}_p90_ms'] = timing['p90_ms']
-        result[f'infer_b{batch}_cpu_ms'] = timing['cpu_ms']
-        result[f'infer_b{batch}_peak_mem_mb'] = round(_peak_mb(device), 1)
+        record_timing(result, f'infer_b{batch}', timing, device)
 
     # Training step: full model with the similarity loss on (after the warm-up), Adadelta as released.
     if not args.skip_train:
@@ -190,13 +202,7 @@ def run(args: argparse.Namespace) -> dict:
             optimizer.step()
 
         timing = _time(step, device, max(3, args.repeats // 3), warmup=1)
-        key = f'train_b{args.train_batch}'
-        result[f'{key}_ms'] = timing['ms']
-        result[f'{key}_p90_ms'] = timing['p90_ms']
-        result[f'{key}_cpu_ms'] = timing['cpu_ms']
-        result[f'{key}_peak_mem_mb'] = round(_peak_mb(device), 1)
+        record_timing(result, f'train_b{args.train_batch}', timing, device)
 
-    result['baseline_mem_mb'] = round(baseline, 1)
-    result['peak_mem_mb'] = round(max(v for k, v in result.items() if k.endswith('_peak_mem_mb')), 1)
-    result['peak_mem_kind'] = 'torch.cuda.max_memory_allocated' if device.type == 'cuda' else 'process max RSS'
+    record_memory(result, baseline, device)
     return result

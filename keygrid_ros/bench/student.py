@@ -19,7 +19,7 @@ import torch
 
 
 def run(args: argparse.Namespace) -> dict:
-    from keygrid_ros.bench.model import _peak_mb, _time, garment_clouds
+    from keygrid_ros.bench.model import _peak_mb, _time, garment_clouds, record_memory, record_timing
     from keygrid_ros.model.inference import resolve_device
     from keygrid_ros.model.sprin import SPRINConfig, SPRINSeg, normalize_input
     from keygrid_ros.model.student import StudentNet
@@ -71,10 +71,7 @@ def run(args: argparse.Namespace) -> dict:
         if args.compile:
             result[f'compile_b{batch}_s'] = round(time.perf_counter() - start, 1)
         timing = _time(call, device, repeats)
-        result[f'infer_b{batch}_ms'] = timing['ms']
-        result[f'infer_b{batch}_p90_ms'] = timing['p90_ms']
-        result[f'infer_b{batch}_cpu_ms'] = timing['cpu_ms']
-        result[f'infer_b{batch}_peak_mem_mb'] = round(_peak_mb(device), 1)
+        record_timing(result, f'infer_b{batch}', timing, device)
 
     if not args.skip_train:
         net.train()
@@ -96,13 +93,7 @@ def run(args: argparse.Namespace) -> dict:
             optimizer.step()
 
         timing = _time(step, device, max(3, args.repeats // 3), warmup=1)
-        key = f'train_b{args.train_batch}'
-        result[f'{key}_ms'] = timing['ms']
-        result[f'{key}_p90_ms'] = timing['p90_ms']
-        result[f'{key}_cpu_ms'] = timing['cpu_ms']
-        result[f'{key}_peak_mem_mb'] = round(_peak_mb(device), 1)
+        record_timing(result, f'train_b{args.train_batch}', timing, device)
 
-    result['baseline_mem_mb'] = round(baseline, 1)
-    result['peak_mem_mb'] = round(max(v for k, v in result.items() if k.endswith('_peak_mem_mb')), 1)
-    result['peak_mem_kind'] = 'torch.cuda.max_memory_allocated' if device.type == 'cuda' else 'process max RSS'
+    record_memory(result, baseline, device)
     return result
