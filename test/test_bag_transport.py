@@ -167,4 +167,6 @@ def test_clopema_garments_get_keypoints_on_the_garment(shared_data, tmp_path):
             table = table[np.abs(residual) < 2 * residual.std()]
         normal = normal if normal @ centre < 0 else -normal  # towards the camera at the origin
         heights = (keypoints - centre) @ normal
-        assert np.all(heights > 0.0) and np.median(heights) > 0.004  # ...on the garment, off the table
+        # ...on the garment, off the table: the node removes 4 mm around its own plane, which sits within about
+        # 0.5 mm of this independent one (the Kinect's noise here is about 3 mm).
+        assert np.all(heights > 0.0) and np.median(heights) > 0.003
