@@ -51,6 +51,7 @@ class TrainConfig:
     epochs: int = 100
     shuffle: bool = False  # the released ClothesNet script feeds frames in temporal order
     max_steps: int = 0  # stop after this many optimiser steps (0 = run all epochs); for smoke tests
+    frame_stride: int = 1  # train on every n-th frame of each sequence (simulated neighbours are near-duplicates)
 
     # --- runtime ---
     seed: int = 0
@@ -76,6 +77,8 @@ class TrainConfig:
         if self.optimizer not in ('adadelta', 'adam'):
             raise ValueError(f"optimizer must be 'adadelta' or 'adam', got {self.optimizer!r}")
         check_run_settings(self)
+        if self.frame_stride < 1:
+            raise ValueError(f'frame_stride must be at least 1, got {self.frame_stride}')
         if isinstance(self.train, str):
             self.train = [self.train]
         if isinstance(self.val, str):

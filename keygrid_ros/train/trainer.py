@@ -207,6 +207,8 @@ def _split(config: TrainConfig) -> tuple[SequenceDataset, list[int], list[tuple[
         val_set = SequenceDataset(train_files, config.num_points, config.sampling, seed=config.seed, keypoints=False)
         val = [(val_set, 0, val_frames)]
     indices = list(range(len(train_set) - held_frames.get(0, 0)))
+    if config.frame_stride > 1:  # consecutive simulated frames barely differ: a stride buys epochs, not bias
+        indices = [i for i in indices if train_set.locate(i)[1] % config.frame_stride == 0]
     return train_set, indices, val
 
 
