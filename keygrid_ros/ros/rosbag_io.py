@@ -142,15 +142,18 @@ class BagWriter:
     ``with BagWriter(out_dir) as bag: bag.write('/camera/depth/points', cloud)`` — the topic is registered on
     first use with the message's type; the timestamp defaults to ``header.stamp``. The directory must not exist
     (rosbags refuses to overwrite). ``storage`` is 'mcap' (Jazzy's default) or 'sqlite3' (Humble's default).
+    ``compress`` zstd-compresses the data the way ``ros2 bag record`` does: mcap chunks (what the
+    ``zstd_fast`` storage preset writes; every mcap reader decompresses them), or each message for sqlite3.
     """
 
     def __init__(self, path: str | Path, storage: str = 'mcap', version: int = HUMBLE_COMPATIBLE_VERSION,
-                 typestore: Any = None) -> None:
+                 typestore: Any = None, compress: bool = False) -> None:
         if storage not in STORAGES:
             raise ValueError(f'storage must be one of {STORAGES}, got {storage!r}')
         self.path = Path(path)
         self.storage = storage
         self.version = version
+        self.compress = compress
         self.typestore = typestore if typestore is not None else default_typestore()
         self._writer: Any = None
         self._connections: dict[str, Any] = {}
@@ -164,12 +167,15 @@ class BagWriter:
         self.close()
 
     def open(self) -> None:
-        from rosbags.rosbag2 import StoragePlugin, Writer
+        from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 
         if self.path.exists():
             raise FileExistsError(f'{self.path}: already exists (rosbag2 writers never overwrite)')
         plugin = StoragePlugin.MCAP if self.storage == 'mcap' else StoragePlugin.SQLITE3
         self._writer = Writer(self.path, version=self.version, storage_plugin=plugin)
+        if self.compress:
+            mode = CompressionMode.STORAGE if self.storage == 'mcap' else CompressionMode.MESSAGE
+            self._writer.set_compression(mode, CompressionFormat.ZSTD)
         self._writer.open()
 
     def close(self) -> None:
