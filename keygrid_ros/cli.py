@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     'distill': ('keygrid_ros.train.distill_cli', 'distil a Key-Grid model into an SE(3)-invariant USEEK student'),
     'evaluate': ('keygrid_ros.train.evaluate_cli', 'measure keypoint consistency (DAS) and robustness'),
     'predict': ('keygrid_ros.train.predict_cli', 'write the keypoints of every frame of a sequence'),
+    'viz': ('keygrid_ros.viz', 'draw keypoints over several frames (PNG) from an output bag or a predict file'),
     'bench': ('keygrid_ros.bench.cli', 'benchmarks: preprocess, model, node (medians in ms, --json)'),
     'cloud': ('keygrid_ros.perception.cloud_cli', 'inspect a point cloud file or bag and run the front end on it'),
 }
