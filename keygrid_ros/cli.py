@@ -21,6 +21,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     'train': ('keygrid_ros.train.cli', 'train Key-Grid from sequence files'),
     'distill': ('keygrid_ros.train.distill_cli', 'distil a Key-Grid model into an SE(3)-invariant USEEK student'),
     'evaluate': ('keygrid_ros.train.evaluate_cli', 'measure keypoint consistency (DAS) and robustness'),
+    'name-keypoints': ('keygrid_ros.train.name_keypoints',
+                       "name a model's keypoints after the ground-truth landmarks they track"),
     'predict': ('keygrid_ros.train.predict_cli', 'write the keypoints of every frame of a sequence'),
     'viz': ('keygrid_ros.viz', 'draw keypoints over several frames (PNG) from an output bag or a predict file'),
     'bench': ('keygrid_ros.bench.cli', 'benchmarks: preprocess, model, node (medians in ms, --json)'),

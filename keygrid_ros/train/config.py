@@ -102,6 +102,16 @@ class TrainConfig:
         return cls(**data)
 
 
+def portable_path(path: str | Path) -> str:
+    """``path`` relative to the working directory when it lies inside it (what a model file should record:
+    ``out/dataset/train/x.npz``, not one machine's absolute path), else as given."""
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def check_run_settings(config: Any) -> None:
     """The checks every training-like run shares (``keygrid train`` and ``keygrid distill``): mixed precision,
     batch size and epochs, the validation fraction and the point sampling."""

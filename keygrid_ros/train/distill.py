@@ -51,7 +51,7 @@ from ..model.sprin import SPRINConfig, SPRINSeg, keypoints_from_logits, normaliz
 from ..model.student import save_student
 from . import evaluate
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import apply_overrides, check_run_settings, resolve_paths
+from .config import apply_overrides, check_run_settings, portable_path, resolve_paths
 from .trainer import (
     CHECKPOINT,
     MODEL_BEST,
@@ -548,8 +548,9 @@ def _distill(config: DistillConfig, teacher, resume: bool | str, ddp: Distribute
             set_rng_state(saved)
 
     training_data = {
-        'train': [str(f) for f in train_set.files], 'train_frames': len(train_indices),
-        'val': sorted({str(d.files[i]) for d, i, _ in val}), 'val_frames': int(sum(len(f) for _, _, f in val)),
+        'train': [portable_path(f) for f in train_set.files], 'train_frames': len(train_indices),
+        'val': sorted({portable_path(d.files[i]) for d, i, _ in val}),
+        'val_frames': int(sum(len(f) for _, _, f in val)),
         'num_points': config.num_points, 'sampling': config.sampling,
         'pseudo_labels': {'expand': config.expand, 'dist_threshold': config.dist_threshold,
                           'negative_sampling_factor': config.negative_sampling_factor},

@@ -48,7 +48,7 @@ from ..model.io import default_keypoint_names, save_model
 from ..model.keygrid import KeyGrid, KeyGridOutput
 from . import evaluate
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import TrainConfig, dump_config
+from .config import TrainConfig, dump_config, portable_path
 
 log = logging.getLogger(__name__)
 
@@ -441,9 +441,9 @@ def _train(config: TrainConfig, resume: bool | str, ddp: Distributed) -> TrainRe
         writer = SummaryWriter(str(run_dir / 'tb'), purge_step=step if resume else None)
 
     training_data = {
-        'train': [str(f) for f in train_set.files],
+        'train': [portable_path(f) for f in train_set.files],
         'train_frames': len(train_indices),
-        'val': sorted({str(d.files[i]) for d, i, _ in val}),
+        'val': sorted({portable_path(d.files[i]) for d, i, _ in val}),
         'val_frames': int(sum(len(f) for _, _, f in val)),
         'num_points': config.num_points,
         'sampling': config.sampling,
