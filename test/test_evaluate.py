@@ -138,3 +138,19 @@ def test_robustness_sweep_json_and_plot(files, tmp_path, capsys):
     for entry in [sweep['clean'], sweep['se3'], *sweep['noise'], *sweep['points']]:
         assert 0 <= entry['das'] <= 100 and 0 <= entry['das_reference_frame'] <= 100
     assert report['robustness']['clean']['das'] == pytest.approx(report['das'])
+
+
+def test_extreme_point_baseline_picks_the_farthest_point_along_each_corner_direction(rng):
+    from keygrid_ros.train.evaluate import directions, extreme_point_keypoint_fn
+
+    points = torch.from_numpy(rng.uniform(-1, 1, (2, 500, 3)).astype(np.float32))
+    keypoints = extreme_point_keypoint_fn(8)(points)
+    dirs = directions(8)
+    for b in range(2):
+        for k in range(8):  # brute force: the point with the largest projection on corner direction k
+            best = max(range(500), key=lambda n: float(points[b, n] @ dirs[k]))
+            assert torch.equal(keypoints[b, k], points[b, best])
+    assert torch.allclose(directions(5).norm(dim=1), torch.ones(5))
+    # It reads the outline: a permutation of the input changes nothing.
+    perm = torch.randperm(500)
+    assert torch.equal(extreme_point_keypoint_fn(8)(points[:, perm]), keypoints)

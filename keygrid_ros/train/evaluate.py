@@ -98,6 +98,32 @@ def model_keypoint_fn(model: torch.nn.Module, hard: bool | None = None) -> Keypo
     return keypoint_fn
 
 
+def directions(count: int) -> torch.Tensor:
+    """(count, 3) unit vectors: the 8 cube-corner directions for 8, else a Fibonacci sphere."""
+    if count == 8:
+        corners = torch.tensor([[x, y, z] for x in (-1.0, 1.0) for y in (-1.0, 1.0) for z in (-1.0, 1.0)])
+        return corners / corners.norm(dim=1, keepdim=True)
+    i = torch.arange(count, dtype=torch.float64) + 0.5
+    polar = torch.arccos(1 - 2 * i / count)
+    azimuth = math.pi * (1 + 5 ** 0.5) * i
+    return torch.stack([polar.sin() * azimuth.cos(), polar.sin() * azimuth.sin(), polar.cos()], dim=1).float()
+
+
+def extreme_point_keypoint_fn(num_keypoints: int = 8) -> KeypointFn:
+    """A training-free reference detector: keypoint k = the input point farthest along fixed direction k.
+
+    It reads the garment's outline in the normalised frame, so it is as consistent as the garment's pose is
+    stable; what a learned detector adds shows as the gap to it (and it has no answer to SE(3)).
+    """
+    dirs = directions(num_keypoints)
+
+    def keypoint_fn(points: torch.Tensor) -> torch.Tensor:  # (B, N, 3) -> (B, K, 3)
+        best = (points @ dirs.to(points.dtype).T).argmax(dim=1)  # (B, K)
+        return torch.gather(points, 1, best.unsqueeze(-1).expand(-1, -1, 3))
+
+    return keypoint_fn
+
+
 def predict_frames(
     keypoint_fn: KeypointFn,
     dataset: SequenceDataset,

@@ -20,7 +20,12 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--model', required=True, help='model file (.safetensors)')
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument('--model', help='model file (.safetensors)')
+    source.add_argument('--baseline', choices=('extreme-points',),
+                        help='score a training-free reference detector instead: keypoint k = the input point '
+                             'farthest along fixed direction k (the 8 cube corners for K = 8)')
+    parser.add_argument('--num-keypoints', type=int, default=8, help='K of --baseline (default 8)')
     parser.add_argument('--data', required=True, nargs='+', metavar='PATH',
                         help='sequence files (.npz, Key-Grid .txt), OBJ frame folders, or folders of sequences')
     parser.add_argument('--json', action='store_true', help='print one JSON object as the last stdout line')
@@ -52,12 +57,16 @@ def run(args: argparse.Namespace) -> int:
     from ..model.io import ModelFileError
     from . import evaluate
 
-    try:
-        keypoint_fn, model = load_keypoint_fn(args.model, args.device)
-    except (ModelFileError, OSError) as exc:
-        print(f'keygrid evaluate: {exc}', file=sys.stderr)
-        return 2
-    trained_points = model.config.num_points
+    if args.baseline:
+        keypoint_fn, trained_points = evaluate.extreme_point_keypoint_fn(args.num_keypoints), 2048
+        args.model = f'baseline:{args.baseline}'
+    else:
+        try:
+            keypoint_fn, model = load_keypoint_fn(args.model, args.device)
+        except (ModelFileError, OSError) as exc:
+            print(f'keygrid evaluate: {exc}', file=sys.stderr)
+            return 2
+        trained_points = model.config.num_points
     # --points below the training count downsamples the usual sample; above it samples more points directly.
     num_points = max(trained_points, args.points or 0)
     points = args.points if args.points and args.points < num_points else None
