@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     'detect': ('keygrid_ros.ros.detect_cli', 'run the detector node over a rosbag2 or live over DDS'),
     'simulate': ('keygrid_ros.data.simulate_cli', 'simulate a garment deformation sequence (.npz)'),
     'render': ('keygrid_ros.data.render_cli', 'render a sequence through a virtual depth camera into a rosbag2'),
+    'align': ('keygrid_ros.data.align', "turn sequences into the garment's canonical heading (Key-Grid's setting)"),
     'train': ('keygrid_ros.train.cli', 'train Key-Grid from sequence files'),
     'distill': ('keygrid_ros.train.distill_cli', 'distil a Key-Grid model into an SE(3)-invariant USEEK student'),
     'evaluate': ('keygrid_ros.train.evaluate_cli', 'measure keypoint consistency (DAS) and robustness'),
