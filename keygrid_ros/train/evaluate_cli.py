@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='score a training-free reference detector instead: keypoint k = the input point '
                              'farthest along fixed direction k (the 8 cube corners for K = 8)')
     parser.add_argument('--num-keypoints', type=int, default=8, help='K of --baseline (default 8)')
+    parser.add_argument('--keypoints', choices=('file', 'hard', 'soft'), default='file',
+                        help="'hard': snapped to the input point of largest weight (the released test mode), "
+                             "'soft': the weighted mean, 'file': the model file's setting (default)")
     parser.add_argument('--data', required=True, nargs='+', metavar='PATH',
                         help='sequence files (.npz, Key-Grid .txt), OBJ frame folders, or folders of sequences')
     parser.add_argument('--json', action='store_true', help='print one JSON object as the last stdout line')
@@ -44,11 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--max-frames', type=int, default=None, help='use only the first N frames of each sequence')
 
 
-def load_keypoint_fn(model_path: str, device: str = 'auto'):
-    """A model file (Key-Grid or USEEK student, told apart by the file) -> (:data:`KeypointFn`, the model)."""
+def load_keypoint_fn(model_path: str, device: str = 'auto', hard: bool | None = None):
+    """A model file (Key-Grid or USEEK student, told apart by the file) -> (:data:`KeypointFn`, the model).
+
+    ``hard``: snapped or weighted-mean keypoints (None: the file's setting)."""
     from ..model.student import load_keypoint_model
 
-    model = load_keypoint_model(model_path, device=device)
+    model = load_keypoint_model(model_path, device=device, hard=hard)
     return (lambda points: model.predict(points).keypoints), model
 
 
@@ -62,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         args.model = f'baseline:{args.baseline}'
     else:
         try:
-            keypoint_fn, model = load_keypoint_fn(args.model, args.device)
+            hard = {'file': None, 'hard': True, 'soft': False}[args.keypoints]
+            keypoint_fn, model = load_keypoint_fn(args.model, args.device, hard)
         except (ModelFileError, OSError) as exc:
             print(f'keygrid evaluate: {exc}', file=sys.stderr)
             return 2
@@ -79,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = evaluate.evaluate_paths(keypoint_fn, args.data, num_points, perturbation, progress=say, **common)
         report['model'] = str(args.model)
+        report['keypoints'] = args.keypoints
         if args.sweep:
             sweep = evaluate.robustness_sweep(keypoint_fn, args.data, num_points, seed=args.seed, **common)
             prefix = Path(args.sweep_out)
