@@ -188,11 +188,11 @@ def draw_strip(views: list[FrameView], path: str | Path, title: str = '', column
             pts = view.points[np.isfinite(view.points).all(axis=1)]
             xy, h = _plane(pts, view.frame_id), _height(pts, view.frame_id)
             order = np.argsort(h)  # draw the highest points last, on top
-            ax.scatter(xy[order, 0], xy[order, 1], c=h[order], cmap='Greys', s=1.5, linewidths=0,
-                       vmin=h.min() - 0.3 * np.ptp(h) - 1e-3, vmax=h.max() + 1e-3)
+            ax.scatter(xy[order, 0], xy[order, 1], c=h[order], cmap='Greys', s=3, linewidths=0,
+                       vmin=h.min() - 0.6 * np.ptp(h) - 0.02, vmax=h.max() + 1e-3)
         for (a, b), alpha in zip(view.segments, view.segment_alpha):
             ab = _plane(np.stack([a, b]), view.frame_id)
-            ax.plot(ab[:, 0], ab[:, 1], color='black', alpha=float(np.clip(alpha, 0.1, 1.0)), linewidth=1.2)
+            ax.plot(ab[:, 0], ab[:, 1], color='#303030', alpha=float(np.clip(0.7 * alpha, 0.1, 0.7)), linewidth=0.9)
         kp = _plane(view.keypoints, view.frame_id)
         ax.scatter(kp[:, 0], kp[:, 1], c=np.clip(view.colors[:, :3], 0, 1), s=46, edgecolors='black',
                    linewidths=0.7, zorder=3)

@@ -176,16 +176,16 @@ def resolve_name(name: str, node_name: str = NODE_NAME, namespace: str = '',
     return f'{namespace}/{name}'
 
 
-def resolve_model_path(path: str, share: Path | None = None) -> Path:
+def resolve_share_file(path: str, share: Path | None = None, what: str = 'file') -> Path:
     """Absolute paths as they are; relative ones against the share folder, the source tree, then the cwd.
 
     Raises NodeStartupError listing every place it looked.
     """
     candidate = Path(os.path.expanduser(path))
     if candidate.is_absolute():
-        if candidate.is_file():
+        if candidate.exists():
             return candidate
-        raise NodeStartupError(f'model file not found: {candidate}')
+        raise NodeStartupError(f'{what} not found: {candidate}')
     roots = []
     for root in (share if share is not None else package_share(), source_root(), Path.cwd()):
         if root is not None and root.resolve() not in roots:
@@ -193,11 +193,22 @@ def resolve_model_path(path: str, share: Path | None = None) -> Path:
     tried = []
     for root in roots:
         full = root / candidate
-        if full.is_file():
+        if full.exists():
             return full
         tried.append(str(full))
-    raise NodeStartupError(f"model file {path!r} not found; looked in: {', '.join(tried)}. Set model_path "
-                           'to an absolute path or train/download a model into models/')
+    raise NodeStartupError(f"{what} {path!r} not found; looked in: {', '.join(tried)}")
+
+
+def resolve_model_path(path: str, share: Path | None = None) -> Path:
+    """:func:`resolve_share_file` for the model file, with what to do when it is missing."""
+    try:
+        resolved = resolve_share_file(path, share, 'model file')
+    except NodeStartupError as exc:
+        raise NodeStartupError(f'{exc}. Set model_path to an absolute path or train a model into models/ '
+                               '(models/README.md)') from None
+    if not resolved.is_file():
+        raise NodeStartupError(f'model file {resolved} is not a file')
+    return resolved
 
 
 def _preprocess_config(values: Mapping[str, Any]) -> PreprocessConfig:
