@@ -96,6 +96,17 @@ def test_config_defaults_overrides_and_errors(tmp_path):
         load_config(path, ['optimizer=sgd'])
 
 
+def test_frame_stride_trains_on_every_nth_frame_and_validates_on_all(data_dir, tmp_path):
+    config = TrainConfig(**tiny_config(data_dir, tmp_path, frame_stride=4, val_fraction=0.34))
+    train_set, indices, val = trainer._split(config)
+    frames = [train_set.locate(i) for i in indices]
+    assert len({seq for seq, _ in frames}) == 2  # one of the three sequences is held out whole
+    assert sorted(frames) == [(seq, f) for seq in range(2) for f in (0, 4, 8)]
+    assert [frames_ for _, _, frames_ in val] == [list(range(10))]
+    with pytest.raises(ValueError, match='frame_stride'):
+        TrainConfig(**tiny_config(data_dir, tmp_path, frame_stride=0))
+
+
 def test_a_few_steps_lower_the_loss(data_dir, tmp_path, monkeypatch):
     losses = []
     original = trainer._train_step

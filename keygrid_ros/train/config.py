@@ -77,8 +77,6 @@ class TrainConfig:
         if self.optimizer not in ('adadelta', 'adam'):
             raise ValueError(f"optimizer must be 'adadelta' or 'adam', got {self.optimizer!r}")
         check_run_settings(self)
-        if self.frame_stride < 1:
-            raise ValueError(f'frame_stride must be at least 1, got {self.frame_stride}')
         if isinstance(self.train, str):
             self.train = [self.train]
         if isinstance(self.val, str):
@@ -114,7 +112,7 @@ def portable_path(path: str | Path) -> str:
 
 def check_run_settings(config: Any) -> None:
     """The checks every training-like run shares (``keygrid train`` and ``keygrid distill``): mixed precision,
-    batch size and epochs, the validation fraction and the point sampling."""
+    batch size and epochs, the validation fraction, the point sampling and the frame stride."""
     if config.amp not in ('bf16', 'fp16', 'off'):
         raise ValueError(f"amp must be 'bf16', 'fp16' or 'off', got {config.amp!r}")
     if config.batch_size < 1 or config.epochs < 1:
@@ -123,6 +121,8 @@ def check_run_settings(config: Any) -> None:
         raise ValueError('val_fraction must be in [0, 1)')
     if config.sampling not in ('fps', 'surface'):
         raise ValueError(f"sampling must be 'fps' or 'surface', got {config.sampling!r}")
+    if config.frame_stride < 1:
+        raise ValueError(f'frame_stride must be at least 1, got {config.frame_stride}')
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

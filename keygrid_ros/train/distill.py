@@ -110,6 +110,7 @@ class DistillConfig:
     epochs: int = 30
     shuffle: bool = True
     max_steps: int = 0
+    frame_stride: int = 1  # distil on every n-th frame of each sequence (validation sees every frame)
 
     # --- runtime ---
     seed: int = 0
