@@ -26,7 +26,13 @@ def test_keypoints_lie_on_the_garment_in_the_target_frame(points):
     detection = Detector(StubModel())(points, table_from_camera())
     assert detection.ok, detection.reason
     assert detection.keypoints.shape == (8, 3)
-    assert garment_distance(detection.keypoints).max() < 0.01  # hard mode: keypoints are input points
+    # Hard mode: keypoints are input points of the isolated garment...
+    gaps = np.linalg.norm(detection.keypoints[:, None] - detection.points[None], axis=-1).min(axis=1)
+    assert gaps.max() < 1e-6
+    # ...which lie on the cloth, except the synthetic camera's flying pixels at the garment border (up to 5 %
+    # of the depth behind it; the stub's FPS keypoints like such extremes).
+    distance = garment_distance(detection.keypoints)
+    assert np.median(distance) < 0.005 and distance.max() < 0.02
     assert detection.names == tuple(f'stub_{i}' for i in range(8))
     assert ((0 <= detection.confidence) & (detection.confidence <= 1)).all()
     assert detection.pairs.shape == (28, 2) and detection.strengths.shape == (28,)
