@@ -169,11 +169,9 @@ def _height(xyz: np.ndarray, frame_id: str) -> np.ndarray:
 
 def draw_strip(views: list[FrameView], path: str | Path, title: str = '', columns: int = 6) -> Path:
     """Write a PNG strip of ``views`` (at most ``columns`` per row) and return its path."""
-    import matplotlib
+    from keygrid_ros.plotting import pyplot, save_figure
 
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     if not views:
         raise ValueError('nothing to draw: no frame has keypoints')
     rows = (len(views) + columns - 1) // columns
@@ -200,12 +198,7 @@ def draw_strip(views: list[FrameView], path: str | Path, title: str = '', column
         ax.set_title(label, fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

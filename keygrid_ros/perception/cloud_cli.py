@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 import time
 
 import numpy as np
@@ -83,10 +82,9 @@ def save_picture(points: np.ndarray, transform: np.ndarray | None, result: Prepr
                  title: str) -> None:
     """Two panels: the whole cloud (grey) with the model input on top (coloured by FPS rank), from
     above in the target frame, and the model input alone in normalised coordinates."""
-    import matplotlib
+    from keygrid_ros.plotting import pyplot, save_figure
 
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     flat = points.reshape(-1, 3)
     flat = flat[np.isfinite(flat).all(axis=1)]
@@ -110,10 +108,7 @@ def save_picture(points: np.ndarray, transform: np.ndarray | None, result: Prepr
         axis.set_aspect('equal')
     left.set_xlabel('x [m]')
     left.set_ylabel('y [m]')
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def run(args: argparse.Namespace) -> int:

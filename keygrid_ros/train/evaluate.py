@@ -266,10 +266,9 @@ def robustness_sweep(
 
 def plot_sweep(sweep: dict[str, Any], path: str | Path, title: str = '') -> Path:
     """PNG: DAS (both protocols) against noise sigma, against input points, and clean vs SE(3)."""
-    import matplotlib
+    from ..plotting import pyplot, save_figure
 
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), gridspec_kw={'width_ratios': [3, 3, 1.6]})
     clean = sweep['clean']
@@ -297,12 +296,7 @@ def plot_sweep(sweep: dict[str, Any], path: str | Path, title: str = '') -> Path
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def to_json(report: dict[str, Any]) -> str:

@@ -321,10 +321,9 @@ def _validate(net: KeyGrid, val, config: TrainConfig) -> dict[str, Any] | None:
 
 def _keypoint_figure(net: KeyGrid, val, train_set: SequenceDataset):
     """A matplotlib figure: three frames of the first validation sequence with their keypoints."""
-    import matplotlib
+    from ..plotting import pyplot
 
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     dataset, seq_index, frames = val[0] if val else (train_set, 0, list(range(int(train_set.frame_counts[0]))))
     start = int(np.sum(dataset.frame_counts[:seq_index]))
