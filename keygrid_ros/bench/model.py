@@ -106,6 +106,29 @@ def record_timing(result: dict, key: str, timing: dict, device: torch.device) ->
     result[f'{key}_peak_mem_mb'] = round(_peak_mb(device), 1)
 
 
+def time_inference(result: dict, infer: Callable[[torch.Tensor], object], autocast: Callable[[], object],
+                   device: torch.device, points: int, batches: list[tuple[int, int]], compile: bool) -> None:
+    """Time ``infer`` under inference mode on synthetic clouds, for each ``(batch, repeats)``.
+
+    Records ``infer_b{batch}_*`` (:func:`record_timing`) and, with ``compile``, the untimed first call's
+    duration as ``compile_b{batch}_s`` (where torch.compile does its work).
+    """
+    for batch, repeats in batches:
+        x = garment_clouds(batch, points, seed=batch).to(device)
+        if device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats(device)
+
+        def call(x=x):
+            with torch.inference_mode(), autocast():
+                return infer(x)
+
+        compile_start = time.perf_counter()
+        call()  # compiles here with --compile
+        if compile:
+            result[f'compile_b{batch}_s'] = round(time.perf_counter() - compile_start, 1)
+        record_timing(result, f'infer_b{batch}', _time(call, device, repeats), device)
+
+
 def record_memory(result: dict, baseline: float, device: torch.device) -> None:
     """The overall peak over every measurement, the baseline before them, and what "peak" means here."""
     result['baseline_mem_mb'] = round(baseline, 1)
@@ -163,22 +186,8 @@ def run(args: argparse.Namespace) -> dict:
     baseline = _peak_mb(device)
 
     # Inference: the encoder only, under inference_mode (what the node runs).
-    for batch in sorted({1, 32, args.batch}):
-        repeats = args.repeats if batch == 1 else max(3, args.repeats // 3)
-        x = garment_clouds(batch, args.points, seed=batch).to(device)
-        if device.type == 'cuda':
-            torch.cuda.reset_peak_memory_stats(device)
-
-        def call(x=x):
-            with torch.inference_mode(), autocast():
-                return infer(x)
-
-        compile_start = time.perf_counter()
-        call()  # compiles here with --compile
-        if args.compile:
-            result[f'compile_b{batch}_s'] = round(time.perf_counter() - compile_start, 1)
-        timing = _time(call, device, repeats)
-        record_timing(result, f'infer_b{batch}', timing, device)
+    batches = [(b, args.repeats if b == 1 else max(3, args.repeats // 3)) for b in sorted({1, 32, args.batch})]
+    time_inference(result, infer, autocast, device, args.points, batches, args.compile)
 
     # Training step: full model with the similarity loss on (after the warm-up), Adadelta as released.
     if not args.skip_train:

@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import time
 
 import torch
 
 
 def run(args: argparse.Namespace) -> dict:
-    from keygrid_ros.bench.model import _peak_mb, _time, garment_clouds, record_memory, record_timing
+    from keygrid_ros.bench.model import _peak_mb, _time, garment_clouds, record_memory, record_timing, time_inference
     from keygrid_ros.model.inference import resolve_device
     from keygrid_ros.model.sprin import SPRINConfig, SPRINSeg, normalize_input
     from keygrid_ros.model.student import StudentNet
@@ -57,21 +56,7 @@ def run(args: argparse.Namespace) -> dict:
     batches = [(1, args.repeats)]
     if args.batch and args.batch != 1:
         batches.append((args.batch, max(3, args.repeats // 3)))
-    for batch, repeats in batches:
-        x = garment_clouds(batch, args.points, seed=batch).to(device)
-        if device.type == 'cuda':
-            torch.cuda.reset_peak_memory_stats(device)
-
-        def call(x=x):
-            with torch.inference_mode(), autocast():
-                return infer(x)
-
-        start = time.perf_counter()
-        call()
-        if args.compile:
-            result[f'compile_b{batch}_s'] = round(time.perf_counter() - start, 1)
-        timing = _time(call, device, repeats)
-        record_timing(result, f'infer_b{batch}', timing, device)
+    time_inference(result, infer, autocast, device, args.points, batches, args.compile)
 
     if not args.skip_train:
         net.train()
