@@ -49,10 +49,6 @@ class FrameView:
     names: list[str] = field(default_factory=list)
 
 
-def _stamp_ns(header) -> int:
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-
-
 def _xyz(p) -> list[float]:
     return [float(p.x), float(p.y), float(p.z)]
 
@@ -103,6 +99,7 @@ def frames_from_bag(path: str | Path) -> list[FrameView]:
     from keygrid_ros.perception.cloud_io import bag_topics, iter_bag_messages
     from keygrid_ros.perception.outputs import PALETTE
     from keygrid_ros.perception.pointcloud2 import read_xyz
+    from keygrid_ros.ros.node import stamp_ns
 
     topics = bag_topics(path)
     markers = _topic(topics, MARKER_ARRAY, MARKERS_SUFFIX)
@@ -116,16 +113,17 @@ def frames_from_bag(path: str | Path) -> list[FrameView]:
     wanted = [t for t in (markers or poses, cloud) if t]
     for topic, _msgtype, msg, _t in iter_bag_messages(path, topics=wanted):
         if topic == cloud:
-            clouds[_stamp_ns(msg.header)] = read_xyz(msg)
+            clouds[stamp_ns(msg.header)] = read_xyz(msg)
         elif topic == markers:
-            stamp = next((_stamp_ns(m.header) for m in msg.markers), None)
+            stamp = next((stamp_ns(m.header) for m in msg.markers), None)
             view = _from_markers(msg, stamp) if stamp is not None else None
             if view is not None:
                 views[stamp] = view
         elif msg.poses:  # PoseArray: no colours or skeleton in the message; colour by id like the markers
             kps = np.array([_xyz(p.position) for p in msg.poses])
             colors = np.column_stack([PALETTE[np.arange(len(kps)) % len(PALETTE)], np.ones(len(kps))])
-            views[_stamp_ns(msg.header)] = FrameView(_stamp_ns(msg.header), msg.header.frame_id, kps, colors)
+            stamp = stamp_ns(msg.header)
+            views[stamp] = FrameView(stamp, msg.header.frame_id, kps, colors)
     for stamp, view in views.items():
         view.points = clouds.get(stamp)
     return [views[s] for s in sorted(views)]
