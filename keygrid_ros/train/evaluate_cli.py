@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.baseline:
         keypoint_fn, trained_points = evaluate.extreme_point_keypoint_fn(args.num_keypoints), 2048
-        args.model = f'baseline:{args.baseline}'
+        label = f'baseline:{args.baseline}'
     else:
         try:
             hard = {'file': None, 'hard': True, 'soft': False}[args.keypoints]
@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
             print(f'keygrid evaluate: {exc}', file=sys.stderr)
             return 2
         trained_points = model.config.num_points
+        label = str(args.model)
     # --points below the training count downsamples the usual sample; above it samples more points directly.
     num_points = max(trained_points, args.points or 0)
     points = args.points if args.points and args.points < num_points else None
@@ -84,14 +85,14 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         report = evaluate.evaluate_paths(keypoint_fn, args.data, num_points, perturbation, progress=say, **common)
-        report['model'] = str(args.model)
+        report['model'] = label
         report['keypoints'] = args.keypoints
         if args.sweep:
             sweep = evaluate.robustness_sweep(keypoint_fn, args.data, num_points, seed=args.seed, **common)
             prefix = Path(args.sweep_out)
-            plot = evaluate.plot_sweep(sweep, prefix.with_name(prefix.name + '.png'), title=Path(args.model).name)
+            plot = evaluate.plot_sweep(sweep, prefix.with_name(prefix.name + '.png'), title=Path(label).name)
             sweep_json = prefix.with_name(prefix.name + '.json')
-            sweep_json.write_text(json.dumps(json.loads(evaluate.to_json({'model': str(args.model), **sweep})),
+            sweep_json.write_text(json.dumps(json.loads(evaluate.to_json({'model': label, **sweep})),
                                              indent=1) + '\n')
             report.update(robustness=sweep, plot=str(plot), robustness_json=str(sweep_json))
     except (SequenceFormatError, FileNotFoundError, ValueError) as exc:
