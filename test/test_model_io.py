@@ -234,3 +234,19 @@ def test_bench_model_reports_the_contract_keys():
         assert key in result, key
     assert result['device'] == 'cpu' and result['params'] > 3e6 and result['threads'] == 1
     json.dumps(result)  # one JSON object
+
+
+def test_float16_file_loads_as_float32_with_rounded_weights(tmp_path, trained_like_model):
+    path = save_model(tmp_path / 'half.safetensors', trained_like_model, weights_dtype='float16')
+    with safe_open(str(path), framework='pt') as f:
+        assert f.metadata()['weights_dtype'] == 'float16'
+        stored = {name: f.get_tensor(name) for name in f.keys()}
+    assert {t.dtype for t in stored.values()} <= {torch.float16, torch.int64}
+    model, _ = load_model(path)
+    for name, tensor in trained_like_model.state_dict().items():
+        loaded = model.state_dict()[name]
+        assert loaded.dtype == tensor.dtype
+        if tensor.is_floating_point():
+            torch.testing.assert_close(loaded, tensor, rtol=2 ** -10, atol=1e-7)
+    with pytest.raises(ValueError, match='weights_dtype'):
+        save_model(tmp_path / 'x.safetensors', trained_like_model, weights_dtype='int8')

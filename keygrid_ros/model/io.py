@@ -18,6 +18,8 @@ keypoint_names     JSON list of K names
 training_data      JSON (free-form: datasets, garments, frames, ...)
 metrics            JSON (free-form: DAS, losses, ...)
 weights_sha256     checksum of every tensor (name, dtype, shape, bytes), to catch corrupt files
+weights_dtype      ``float32`` (as trained) or ``float16`` (half the size; widened to float32 on loading);
+                   optional, float32 when absent
 torch_version      the torch that wrote the file
 =================  ===========================================================================
 
@@ -48,6 +50,12 @@ _REQUIRED_KEYS = ('format', 'format_version', 'contents', 'config', 'normalizati
                   'weights_sha256')
 
 
+#: How a file may store its floating-point weights. float16 halves a file (what a repository or a robot's
+#: disk wants for a 28 M-parameter student); the loader widens the weights back to float32, so the only change
+#: is a relative rounding of at most 2**-11 per weight.
+WEIGHT_DTYPES = {'float32': torch.float32, 'float16': torch.float16}
+
+
 class ModelFileError(ValueError):
     """A model file that cannot be used: unreadable, corrupt, or made for another architecture."""
 
@@ -64,8 +72,10 @@ def save_model(
     training_data: Any = None,
     metrics: Any = None,
     encoder_only: bool = False,
+    weights_dtype: str = 'float32',
 ) -> Path:
-    """Write ``model`` to ``path`` (.safetensors); ``encoder_only`` keeps just what inference needs."""
+    """Write ``model`` to ``path`` (.safetensors); ``encoder_only`` keeps just what inference needs;
+    ``weights_dtype`` one of :data:`WEIGHT_DTYPES`."""
     config = model.config
     names = list(keypoint_names) if keypoint_names is not None else default_keypoint_names(config.num_keypoints)
     if len(names) != config.num_keypoints:
@@ -74,7 +84,7 @@ def save_model(
     if encoder_only:
         state = {k: v for k, v in state.items() if k.startswith('encoder.')}
         config = config.replace(use_decoder=False)
-    tensors = {name: tensor.detach().to('cpu').contiguous() for name, tensor in state.items()}
+    tensors = stored_weights(state, weights_dtype)
     metadata = {
         'format': FORMAT,
         'format_version': str(FORMAT_VERSION),
@@ -88,14 +98,36 @@ def save_model(
         'keypoint_names': json.dumps(names),
         'training_data': json.dumps(training_data),
         'metrics': json.dumps(metrics),
-        'weights_sha256': _checksum(tensors),
+        'weights_sha256': checksum(tensors),
+        'weights_dtype': weights_dtype,
         'torch_version': torch.__version__,
     }
+    return write_model_file(path, tensors, metadata)
+
+
+def stored_weights(state: dict[str, torch.Tensor], weights_dtype: str = 'float32') -> dict[str, torch.Tensor]:
+    """A state dict as a file stores it: on the CPU, contiguous, float32 tensors in ``weights_dtype``."""
+    if weights_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f'weights_dtype must be one of {sorted(WEIGHT_DTYPES)}, got {weights_dtype!r}')
+    dtype = WEIGHT_DTYPES[weights_dtype]
+    return {name: (t.detach().to('cpu', dtype) if t.dtype == torch.float32 else t.detach().to('cpu')).contiguous()
+            for name, t in state.items()}
+
+
+def widen_weights(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights stored in float16 back to the float32 the network holds (other tensors unchanged)."""
+    return {name: t.to(expected[name].dtype)
+            if t.dtype == torch.float16 and name in expected and expected[name].dtype == torch.float32 else t
+            for name, t in tensors.items()}
+
+
+def write_model_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write a safetensors model file atomically (temp file + rename): never half a file under the real name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + '.tmp')
     save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)  # never leave a half-written model file under the real name
+    os.replace(tmp, path)
     return path
 
 
@@ -138,14 +170,15 @@ def load_model(
     elif config.use_decoder and not stored.use_decoder:
         raise ModelFileError(f'{path}: holds only the encoder; load it with encoder_only=True '
                              'or train a full model to fine-tune the decoder')
-    if _checksum(tensors) != metadata['weights_sha256']:
+    if checksum(tensors) != metadata['weights_sha256']:
         raise ModelFileError(f'{path}: the weights do not match their checksum (the file is corrupt)')
 
     model = KeyGrid(config)
     expected = model.state_dict()
     if not config.use_decoder:
         tensors = {k: v for k, v in tensors.items() if k.startswith('encoder.')}
-    problems = _compare_tensors(tensors, expected)
+    tensors = widen_weights(tensors, expected)
+    problems = compare_tensors(tensors, expected)
     if problems:
         raise ModelFileError(f'{path}: the weights do not fit the architecture in its metadata: ' + '; '.join(problems))
     model.load_state_dict(tensors, strict=True)
@@ -220,7 +253,7 @@ def _check_architecture(path: Path, stored: KeyGridConfig, requested: KeyGridCon
                              + '; '.join(differences))
 
 
-def _compare_tensors(found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[str]:
+def compare_tensors(found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[str]:
     def names(items: list[str]) -> str:
         return ', '.join(items[:5]) + (', ...' if len(items) > 5 else '')
 
@@ -238,7 +271,7 @@ def _compare_tensors(found: dict[str, torch.Tensor], expected: dict[str, torch.T
     return problems
 
 
-def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+def checksum(tensors: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for name in sorted(tensors):
         tensor = tensors[name].detach().to('cpu').contiguous()

@@ -33,6 +33,7 @@ segment_strengths  JSON list of K(K-1)/2: the teacher's mean segment strengths o
 training_data      JSON (free-form)
 metrics            JSON (free-form)
 weights_sha256     checksum of every tensor (name, dtype, shape, bytes)
+weights_dtype      ``float32`` or ``float16`` (widened to float32 on loading); optional, float32 when absent
 torch_version      the torch that wrote the file
 =================  ===========================================================================
 """
@@ -45,11 +46,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.torch import save_file
 import torch
 
 from .inference import Prediction, resolve_device
-from .io import ModelFileError, _checksum, decode_header, default_keypoint_names, read_safetensors
+from .io import (
+    ModelFileError,
+    checksum,
+    compare_tensors,
+    decode_header,
+    default_keypoint_names,
+    read_safetensors,
+    stored_weights,
+    widen_weights,
+    write_model_file,
+)
 from .sprin import ARCHITECTURE_FIELDS, SPRINConfig, SPRINSeg, keypoints_from_logits, normalize_input
 
 FORMAT = 'keygrid_ros.useek'
@@ -94,8 +104,10 @@ def save_student(
     segment_strengths: list[float] | None = None,
     training_data: Any = None,
     metrics: Any = None,
+    weights_dtype: str = 'float32',
 ) -> Path:
-    """Write the student ``net`` to ``path`` (.safetensors), atomically; ``teacher`` describes its teacher."""
+    """Write the student ``net`` to ``path`` (.safetensors), atomically; ``teacher`` describes its teacher;
+    ``weights_dtype``: ``float32`` or ``float16`` (half the size, see :data:`~keygrid_ros.model.io.WEIGHT_DTYPES`)."""
     config = net.config
     K = config.num_keypoints
     names = list(keypoint_names) if keypoint_names is not None else default_keypoint_names(K)
@@ -103,7 +115,7 @@ def save_student(
         raise ValueError(f'{len(names)} keypoint names for {K} keypoints')
     if segment_strengths is not None and len(segment_strengths) != K * (K - 1) // 2:
         raise ValueError(f'{len(segment_strengths)} segment strengths for {K} keypoints')
-    tensors = {name: t.detach().to('cpu').contiguous() for name, t in net.state_dict().items()}
+    tensors = stored_weights(net.state_dict(), weights_dtype)
     metadata = {
         'format': FORMAT,
         'format_version': str(FORMAT_VERSION),
@@ -118,15 +130,11 @@ def save_student(
         'segment_strengths': json.dumps(None if segment_strengths is None else [float(s) for s in segment_strengths]),
         'training_data': json.dumps(training_data),
         'metrics': json.dumps(metrics),
-        'weights_sha256': _checksum(tensors),
+        'weights_sha256': checksum(tensors),
+        'weights_dtype': weights_dtype,
         'torch_version': torch.__version__,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)  # never a half-written model file under the real name
-    return path
+    return write_model_file(path, tensors, metadata)
 
 
 def file_format(path: str | os.PathLike) -> str | None:
@@ -159,17 +167,14 @@ def load_student(path: str | os.PathLike, config: SPRINConfig | None = None, dev
                                  + '; '.join(differences))
     else:
         config = stored
-    if _checksum(tensors) != metadata['weights_sha256']:
+    if checksum(tensors) != metadata['weights_sha256']:
         raise ModelFileError(f'{path}: the weights do not match their checksum (the file is corrupt)')
     net = SPRINSeg(config)
     expected = net.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = [n for n in sorted(set(expected) & set(tensors))
-             if expected[n].shape != tensors[n].shape or expected[n].dtype != tensors[n].dtype]
-    if missing or unexpected or wrong:
-        raise ModelFileError(f'{path}: the weights do not fit the architecture in its metadata: '
-                             f'missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape or dtype {wrong[:5]}')
+    tensors = widen_weights(tensors, expected)
+    problems = compare_tensors(tensors, expected)
+    if problems:
+        raise ModelFileError(f'{path}: the weights do not fit the architecture in its metadata: ' + '; '.join(problems))
     net.load_state_dict(tensors, strict=True)
     return net.to(device).eval(), metadata
 
