@@ -175,6 +175,23 @@ def test_logits_are_invariant_under_random_se3(preset):
     assert reference.std(dim=1).min() > 1e-4  # the logits do vary over the points
 
 
+def test_logits_are_invariant_under_reflection_too():
+    """Every descriptor entry is a length, an angle or a cosine, so a mirror image gets the same logits at the
+    mirrored points: the network cannot tell a shape from its mirror image. Consequence (docs/results.md): on
+    a mirror-symmetric garment a student scores the left and the right sleeve alike, whatever its training."""
+    torch.manual_seed(0)
+    net = SPRINSeg(SPRINConfig.tiny()).double().eval()
+    points = garment_like()[None]
+    mirror = torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)  # x -> -x: a reflection, not a rotation
+    with torch.no_grad():
+        reference = net(normalize_input(points)[0])
+        mirrored = net(normalize_input(points * mirror)[0])
+        rotated = net(normalize_input(points @ random_se3(7)[0].T * mirror)[0])  # improper rotation
+    assert (mirrored - reference).abs().max().item() < 1e-9
+    assert (rotated - reference).abs().max().item() < 1e-9
+    assert reference.std(dim=1).min() > 1e-4
+
+
 def test_keypoints_move_with_the_input_but_the_teachers_do_not():
     """Through Key-Grid's min/max normalisation, as the node feeds both models: student keypoints are
     equivariant to SE(3) (to float tolerance), the Key-Grid teacher's are not."""
@@ -319,3 +336,39 @@ def test_student_model_has_the_detector_surface(tmp_path):
         load_keypoint_model(path, model_type='keygrid')
     with pytest.raises(ValueError, match='more than 32 points'):
         model.predict(points[:20])
+
+
+def test_float16_storage_halves_the_file_and_keeps_the_keypoints(tmp_path):
+    """A float16 file loads back into float32 weights within float16 rounding, and the keypoints barely move."""
+    from keygrid_ros.cli import main
+
+    torch.manual_seed(0)
+    net = SPRINSeg(SPRINConfig.tiny(num_keypoints=3)).eval()
+    full = save_student(tmp_path / 'full.safetensors', net, teacher=TEACHER_INFO)
+    half = tmp_path / 'half.safetensors'
+    assert main(['export-model', str(full), str(half)]) == 0
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    assert read_student_metadata(half)['weights_dtype'] == 'float16'
+    loaded, _ = load_student(half)
+    for name, tensor in net.state_dict().items():
+        stored = loaded.state_dict()[name]
+        assert stored.dtype == tensor.dtype
+        if tensor.is_floating_point():  # float16 keeps 11 significant bits
+            torch.testing.assert_close(stored, tensor, rtol=2 ** -10, atol=1e-7)
+    points = garment_like(dtype=torch.float32).numpy()
+    reference = StudentModel.load(full, device='cpu').predict(points).keypoints
+    rounded = StudentModel.load(half, device='cpu').predict(points).keypoints
+    extent = np.ptp(points, axis=0).max()
+    assert np.abs(rounded - reference).max() < 1e-3 * extent
+    # Back to float32 is exact (float16 values are float32 values), and the checksum is of what is stored.
+    again = tmp_path / 'again.safetensors'
+    assert main(['export-model', str(half), str(again), '--weights-dtype', 'float32']) == 0
+    assert read_student_metadata(again)['weights_dtype'] == 'float32'
+    assert all(torch.equal(load_student(again)[0].state_dict()[k], v) for k, v in loaded.state_dict().items())
+    # Refused: a damaged source (nothing written), the source as its own output.
+    data = bytearray(half.read_bytes())
+    data[-8:] = b'\x00' * 8
+    (tmp_path / 'bad.safetensors').write_bytes(bytes(data))
+    assert main(['export-model', str(tmp_path / 'bad.safetensors'), str(tmp_path / 'out.safetensors')]) == 2
+    assert not (tmp_path / 'out.safetensors').exists()
+    assert main(['export-model', str(half), str(half)]) == 2

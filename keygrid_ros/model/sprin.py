@@ -10,6 +10,11 @@ Invariance: every quantity the network sees is a distance, an angle between vect
 the origin, so the output is invariant to rotations about the origin; centring the input on its centroid
 (:func:`normalize_input`) adds translations, hence SE(3). The neighbour search (distances) and the pooling
 (farthest point sampling from the point farthest from the origin) are invariant too, up to exact distance ties.
+The same quantities are unchanged by a mirror image, so the network is invariant to reflections as well (E(3),
+not only SE(3)): it cannot tell a shape from its mirror image, and on a mirror-symmetric garment (a T-shirt
+lying flat) it gives the left and the right sleeve the same logits. Which sleeve a keypoint lands on is then
+decided by noise and sampling, not by the garment; only a frame that knows "up" (the node's gravity-aligned
+target frame) can break that tie.
 
 Determinism: the released network picks a random subset of each kNN neighbourhood and a random FPS start in
 every forward pass, at test time too. Here evaluation is deterministic by default (``neighbour_sampling=
