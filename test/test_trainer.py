@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from keygrid_ros.data.sequences import Sequence, save_sequence
-from keygrid_ros.train import trainer
+from keygrid_ros.train import runtime, trainer
 from keygrid_ros.train.checkpoint import load_checkpoint
 from keygrid_ros.train.config import TrainConfig, apply_overrides, load_config
 
@@ -98,7 +98,7 @@ def test_config_defaults_overrides_and_errors(tmp_path):
 
 def test_frame_stride_trains_on_every_nth_frame_and_validates_on_all(data_dir, tmp_path):
     config = TrainConfig(**tiny_config(data_dir, tmp_path, frame_stride=4, val_fraction=0.34))
-    train_set, indices, val = trainer._split(config)
+    train_set, indices, val = runtime.split_data(config)
     frames = [train_set.locate(i) for i in indices]
     assert len({seq for seq, _ in frames}) == 2  # one of the three sequences is held out whole
     assert sorted(frames) == [(seq, f) for seq in range(2) for f in (0, 4, 8)]
@@ -123,7 +123,7 @@ def test_a_few_steps_lower_the_loss(data_dir, tmp_path, monkeypatch):
                                        train=[str(data_dir / 'sheet0.npz')], val_fraction=0.0))
     config.model['warmup_epochs'] = 100
     config = TrainConfig(**{**config.to_dict(), 'max_steps': 30})
-    monkeypatch.setattr(trainer, '_batches', lambda n, cfg, epoch, ddp: [[0, 5]])
+    monkeypatch.setattr(trainer, 'epoch_batches', lambda n, cfg, epoch, ddp: [[0, 5]])
     result = trainer.train(config)
     assert len(losses) == 30
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses

@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> dict:
         if device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(device)
 
-        from keygrid_ros.train.trainer import training_autocast_dtype
+        from keygrid_ros.train.runtime import training_autocast_dtype
 
         train_dtype = torch.bfloat16 if args.bf16 else training_autocast_dtype(device, args.train_amp)
         result['train_autocast'] = str(train_dtype).replace('torch.', '') if train_dtype else 'off'

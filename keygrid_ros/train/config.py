@@ -188,6 +188,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return config
 
 
-def dump_config(config: TrainConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML (readable back by :func:`load_config`)."""
+def dump_config(config, path: str | Path) -> None:
+    """Write a resolved config (a :class:`TrainConfig` or a distillation config: anything with ``to_dict``) as
+    YAML, readable back by its loader."""
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None))

@@ -17,7 +17,7 @@ on held-out sequences with a fixed negative sample (the best model is the lowest
 distance between student and teacher keypoints on aligned inputs, and DAS (both protocols) of the student on
 aligned inputs and under a random SE(3) per frame; the teacher's DAS, aligned and under SE(3), once per run.
 
-Run folder, checkpoints, exact resume and DDP are the trainer's (:mod:`keygrid_ros.train.trainer`), reused::
+Run folder, checkpoints, exact resume and DDP work as in the trainer (:mod:`keygrid_ros.train.runtime`, shared)::
 
     config.yaml  checkpoint.pt  model_best.safetensors  model_last.safetensors  metrics.jsonl  tb/
 
@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass, field, replace
 import json
 import logging
 from pathlib import Path
-import time
 from typing import Any
 
 import numpy as np
@@ -52,19 +51,27 @@ from ..model.student import save_student
 from . import evaluate
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import apply_overrides, check_run_settings, portable_path, resolve_paths
-from .trainer import (
+from .runtime import (
     CHECKPOINT,
     MODEL_BEST,
     MODEL_LAST,
     Distributed,
     NonFiniteLossError,
-    _batches,
-    _device,
-    _gather_rng,
-    _run_dir,
-    _setup_distributed,
-    _split,
-    _sync_buffers,
+    Throughput,
+    configure_runtime,
+    copy_final_model,
+    epoch_batches,
+    gather_rng_states,
+    open_run_folder,
+    optimizer_step,
+    progress_bar,
+    restore_rng,
+    run_directory,
+    seed_processes,
+    setup_distributed,
+    split_data,
+    stopped_message,
+    sync_buffers,
 )
 
 log = logging.getLogger(__name__)
@@ -115,7 +122,7 @@ class DistillConfig:
     # --- runtime ---
     seed: int = 0
     device: str = 'auto'
-    amp: str = 'bf16'  # GPU only; the geometry (kNN, descriptors) and the loss always run in float32
+    amp: str = 'bf16'  # GPU, and CPUs with native bf16; geometry (kNN, descriptors) and loss stay float32
     tf32: bool = True
     num_workers: int = 0
     threads: int = 0
@@ -201,10 +208,6 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, tea
     config = DistillConfig.from_dict(data)
     config.student_config(2)  # fail now, not after loading the data and the teacher, on a bad student setting
     return config
-
-
-def dump_config(config: DistillConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -430,7 +433,7 @@ def distill(config: DistillConfig, teacher=None, resume: bool | str = False) -> 
     ``resume`` (True or a run folder/checkpoint) continues a run exactly. Works under ``torchrun`` (DDP).
     Raises :class:`~keygrid_ros.train.trainer.NonFiniteLossError` on a NaN/inf loss or gradient.
     """
-    ddp = _setup_distributed(config.device)
+    ddp = setup_distributed(config.device)
     try:
         return _distill(config, teacher, resume, ddp)
     finally:
@@ -450,39 +453,23 @@ def _train_step(model, net: SPRINSeg, optimizer, scaler, points: torch.Tensor, l
         value /= ddp.world
     if not torch.isfinite(value):
         raise NonFiniteLossError(f'loss is {value.item()}')
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.unscale_(optimizer)
-    max_norm = config.grad_clip if config.grad_clip > 0 else float('inf')
-    grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), max_norm)
-    if not scaler.is_enabled() and not torch.isfinite(grad_norm):
-        raise NonFiniteLossError(f'gradient norm is {grad_norm.item()} (loss {value.item()})')
-    scaler.step(optimizer)
-    scaler.update()
-    return {'loss': value.item(), 'grad_norm': float(grad_norm), 'positive_fraction': labels.float().mean().item()}
+    grad_norm = optimizer_step(loss, net, optimizer, scaler, config.grad_clip)
+    return {'loss': value.item(), 'grad_norm': grad_norm, 'positive_fraction': labels.float().mean().item()}
 
 
 def _distill(config: DistillConfig, teacher, resume: bool | str, ddp: Distributed) -> DistillResult:
-    device = _device(config.device, ddp)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    if device.type == 'cuda' and config.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    autocast_dtype = None
-    if device.type == 'cuda' and config.amp != 'off':
-        autocast_dtype = torch.bfloat16 if config.amp == 'bf16' else torch.float16
+    device, autocast_dtype = configure_runtime(config, ddp)
     if teacher is None:
         if not config.teacher:
             raise ValueError('no teacher: give --teacher MODEL (a Key-Grid .safetensors file) or set teacher:')
         teacher = KeyGridTeacher(config.teacher, device)
-    run_dir = _run_dir(config, resume, ddp)
+    run_dir = run_directory(config, resume, ddp)
     checkpoint_path = run_dir / CHECKPOINT
     if resume and not checkpoint_path.is_file():
         raise FileNotFoundError(f'--resume: no checkpoint at {checkpoint_path}')
 
-    train_set, train_indices, val = _split(config)
-    steps_per_epoch = len(_batches(len(train_indices), config, 0, ddp))
+    train_set, train_indices, val = split_data(config)
+    steps_per_epoch = len(epoch_batches(len(train_indices), config, 0, ddp))
     if steps_per_epoch == 0:
         raise ValueError(f'{len(train_indices)} training frames over {ddp.world} process(es) do not fill one batch '
                          f'of {config.batch_size}')
@@ -511,17 +498,11 @@ def _distill(config: DistillConfig, teacher, resume: bool | str, ddp: Distribute
         clouds_seen, best_bce = state['clouds_seen'], state['best_bce']
         last_report = json.loads(state['last_report'])
         teacher_das = json.loads(state['teacher_das'])
-        if len(state['rng']) == ddp.world:
-            set_rng_state(state['rng'][ddp.rank])
-        else:
-            log.warning('resuming with %d processes, checkpoint from %d: random streams reseeded',
-                        ddp.world, len(state['rng']))
-            torch.manual_seed(config.seed + 1000 * step + ddp.rank)
+        restore_rng(state['rng'], config.seed, step, ddp)
         if ddp.main:
             log.info('resuming %s at epoch %d, batch %d, step %d', run_dir, epoch, batch_done, step)
     else:
-        torch.manual_seed(config.seed + ddp.rank)  # per-process FPS starts, neighbour subsets, negatives
-        np.random.seed((config.seed + ddp.rank) % 2**32)
+        seed_processes(config.seed, ddp)  # per-process FPS starts, neighbour subsets, negatives
 
     model: torch.nn.Module = net
     if ddp.enabled:
@@ -530,13 +511,7 @@ def _distill(config: DistillConfig, teacher, resume: bool | str, ddp: Distribute
     writer = None
     strengths = None
     if ddp.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in run_dir.glob(f'.{CHECKPOINT}.*.tmp'):
-            stale.unlink(missing_ok=True)
-        dump_config(config, run_dir / 'config.yaml')
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run_dir / 'tb'), purge_step=step if resume else None)
+        writer = open_run_folder(run_dir, config, resume, step)
         saved = rng_state()
         try:
             strengths = _teacher_strengths(teacher, train_set, train_indices, device, config.batch_size)
@@ -559,8 +534,8 @@ def _distill(config: DistillConfig, teacher, resume: bool | str, ddp: Distribute
     teacher_info = dict(getattr(teacher, 'info', {}) or {})
 
     def write_checkpoint(epoch_now: int, batch_now: int) -> None:
-        _sync_buffers(net, ddp)
-        rngs = _gather_rng(ddp)
+        sync_buffers(net, ddp)
+        rngs = gather_rng_states(ddp)
         if ddp.main:
             save_checkpoint(checkpoint_path, {
                 'model': net.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
@@ -578,22 +553,17 @@ def _distill(config: DistillConfig, teacher, resume: bool | str, ddp: Distribute
                      training_data={**training_data, 'clouds_seen': clouds_seen, 'steps': step, 'epochs': epoch_now})
 
     global_batch = config.batch_size * ddp.world
-    throughput = 0.0
+    throughput = Throughput()
     try:
         while epoch < config.epochs and not (config.max_steps and step >= config.max_steps):
             net.train()
             train_set.set_epoch(epoch)
-            batches = _batches(len(train_indices), config, epoch, ddp)[batch_done:]
+            batches = epoch_batches(len(train_indices), config, epoch, ddp)[batch_done:]
             batches = [[train_indices[i] for i in b] for b in batches]
             loader = DataLoader(train_set, batch_sampler=batches, num_workers=config.num_workers,
                                 generator=torch.Generator().manual_seed(config.seed))
-            bar = None
-            if ddp.main and config.progress:
-                from tqdm import tqdm
-
-                bar = tqdm(total=steps_per_epoch, initial=batch_done, desc=f'epoch {epoch + 1}/{config.epochs}',
-                           unit='step', dynamic_ncols=True, leave=False)
-            tick, timed_clouds, timed_s = time.perf_counter(), 0, 0.0
+            bar = progress_bar(config, ddp, epoch, steps_per_epoch, batch_done)
+            throughput = Throughput()  # this epoch's steps only
             for batch in loader:
                 points = batch['points'].to(device, non_blocking=True)
                 teacher_kp, _ = teacher(points)
@@ -602,22 +572,20 @@ def _distill(config: DistillConfig, teacher, resume: bool | str, ddp: Distribute
                 step += 1
                 batch_done += 1
                 clouds_seen += global_batch
-                now = time.perf_counter()
-                timed_clouds, timed_s, tick = timed_clouds + global_batch, timed_s + now - tick, now
-                throughput = timed_clouds / max(timed_s, 1e-9)
+                throughput.step(global_batch)
                 if bar is not None:
-                    bar.set_postfix(bce=f'{stats["loss"]:.4f}', clouds_s=f'{throughput:.1f}', refresh=False)
+                    bar.set_postfix(bce=f'{stats["loss"]:.4f}', clouds_s=f'{throughput.rate:.1f}', refresh=False)
                     bar.update()
                 if writer is not None and (step % config.log_every == 0 or step == 1):
                     for key, value in stats.items():
                         writer.add_scalar(f'train/{key}', value, step)
                     writer.add_scalar('train/lr', optimizer.param_groups[0]['lr'], step)
-                    writer.add_scalar('train/clouds_per_s', throughput, step)
+                    writer.add_scalar('train/clouds_per_s', throughput.rate, step)
                 if config.checkpoint_every and step % config.checkpoint_every == 0 and batch_done < steps_per_epoch:
                     write_checkpoint(epoch, batch_done)
                 if config.max_steps and step >= config.max_steps:
                     break
-                tick = time.perf_counter()
+                throughput.start()  # exclude logging and checkpoints from the throughput
             if bar is not None:
                 bar.close()
             # End of the epoch, or of training when max_steps stopped it inside one.
@@ -625,7 +593,7 @@ def _distill(config: DistillConfig, teacher, resume: bool | str, ddp: Distribute
             if not stopped_inside:
                 epoch, batch_done = epoch + 1, 0
             last = epoch == config.epochs or bool(config.max_steps and step >= config.max_steps)
-            _sync_buffers(net, ddp)
+            sync_buffers(net, ddp)
             if ddp.main:
                 periodic = not stopped_inside and bool(config.val_every) and epoch % config.val_every == 0
                 report = _validate(net, teacher, val, config, device) if periodic or last else None
@@ -645,20 +613,15 @@ def _distill(config: DistillConfig, teacher, resume: bool | str, ddp: Distribute
     except NonFiniteLossError as exc:
         if writer is not None:
             writer.close()
-        kept = (f'the last good checkpoint is {checkpoint_path}' if checkpoint_path.is_file()
-                else 'no checkpoint was written before it')
-        raise NonFiniteLossError(f'distillation stopped at epoch {epoch + 1}, step {step + 1}: {exc}; {kept}. '
-                                 'Lower lr, try grad_clip=1, or amp=off.') from None
+        raise NonFiniteLossError(stopped_message('distillation', epoch, step, exc, checkpoint_path)) from None
 
     if writer is not None:
         writer.close()
     if ddp.main:
-        final = run_dir / (MODEL_BEST if (run_dir / MODEL_BEST).is_file() else MODEL_LAST)
-        if config.export and final.is_file():
-            Path(config.export).parent.mkdir(parents=True, exist_ok=True)
-            Path(config.export).write_bytes(final.read_bytes())
+        copy_final_model(run_dir, config.export)
     ddp.barrier()
-    return DistillResult(run_dir, net, step, epoch, clouds_seen, throughput, best_bce, last_report, teacher_das)
+    return DistillResult(run_dir, net, step, epoch, clouds_seen, throughput.rate, best_bce, last_report,
+                         teacher_das)
 
 
 def _fmt(das: dict[str, Any] | None) -> str:
