@@ -372,3 +372,46 @@ def test_float16_storage_halves_the_file_and_keeps_the_keypoints(tmp_path):
     assert main(['export-model', str(tmp_path / 'bad.safetensors'), str(tmp_path / 'out.safetensors')]) == 2
     assert not (tmp_path / 'out.safetensors').exists()
     assert main(['export-model', str(half), str(half)]) == 2
+
+
+def test_chiral_descriptor_flips_sign_under_reflection_and_keeps_rotation_invariance():
+    points = garment_like()[None]
+    centred = normalize_input(points)[0]
+    idx = nearest_neighbours(centred, centred, 16)
+    neighbours = ops.index_points(centred, idx)
+    plain = pair_descriptor(neighbours, centred)
+    chiral = pair_descriptor(neighbours, centred, chiral=True)
+    assert chiral.shape[-1] == 9 and torch.equal(chiral[..., :8], plain)
+    # By definition: det[p_j - p_i, m - p_i, p_i] over the norms, for one centre and neighbour.
+    pi, pj, m = centred[0, 5], neighbours[0, 5, 3], neighbours[0, 5].mean(0)
+    a, b = pj - pi, m - pi
+    expected = torch.det(torch.stack([a, b, pi], dim=-1)) / (a.norm() * b.norm() * pi.norm() + 1e-7)
+    assert abs(chiral[0, 5, 3, 8].item() - expected.item()) < 1e-12
+    rotation = random_se3(3)[0]
+    rotated = pair_descriptor(neighbours @ rotation.T, centred @ rotation.T, chiral=True)
+    torch.testing.assert_close(rotated, chiral, rtol=0, atol=1e-12)
+    mirror = torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)
+    mirrored = pair_descriptor(neighbours * mirror, centred * mirror, chiral=True)
+    torch.testing.assert_close(mirrored[..., :8], chiral[..., :8], rtol=0, atol=1e-12)
+    torch.testing.assert_close(mirrored[..., 8], -chiral[..., 8], rtol=0, atol=1e-12)
+    assert chiral[..., 8].abs().max() > 0.1  # the bent sheet has relief: the entry carries information
+
+
+def test_chiral_network_is_se3_invariant_but_tells_a_mirror_image_apart(tmp_path):
+    torch.manual_seed(0)
+    config = SPRINConfig.tiny(chiral=True)
+    net = SPRINSeg(config).double().eval()
+    points = garment_like()[None]
+    mirror = torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)
+    with torch.no_grad():
+        reference = net(normalize_input(points)[0])
+        rotation, translation = random_se3(5)
+        moved = net(normalize_input(points @ rotation.T + translation)[0])
+        mirrored = net(normalize_input(points * mirror)[0])
+    assert (moved - reference).abs().max().item() < 1e-9
+    assert (mirrored - reference).abs().max().item() > 1e-3
+    # The setting is part of the architecture: a file remembers it and a mismatch is refused.
+    path = save_student(tmp_path / 'chiral.safetensors', net.float(), teacher=TEACHER_INFO)
+    assert read_student_metadata(path)['config'].chiral
+    with pytest.raises(ModelFileError, match='chiral'):
+        load_student(path, SPRINConfig.tiny())

@@ -1,10 +1,10 @@
 """SPRIN, the SE(3)-invariant per-point segmentation network of the USEEK student, in plain PyTorch.
 
 Reference: ``reference/keygrid_method.md`` section 7.2 (US ``merger/sprin/model.py::SPRINSeg``). Reading order:
-:func:`pair_descriptor` (the 8-D rotation-invariant description of a neighbour), :class:`SparseSO3Conv` (a
-low-rank continuous convolution whose kernel sees only that descriptor), :class:`NeighbourhoodSO3Conv` (kNN
-neighbourhoods + the convolution), :class:`GlobalInfoProp`, :func:`fps_pool`, then :class:`SPRINSeg` (the
-16-layer stack of the table) and :class:`SPRINConfig` (every number of it).
+:func:`pair_descriptor` (the 8-D rotation-invariant description of a neighbour, 9-D when chiral),
+:class:`SparseSO3Conv` (a low-rank continuous convolution whose kernel sees only that descriptor),
+:class:`NeighbourhoodSO3Conv` (kNN neighbourhoods + the convolution), :class:`GlobalInfoProp`, :func:`fps_pool`,
+then :class:`SPRINSeg` (the 16-layer stack of the table) and :class:`SPRINConfig` (every number of it).
 
 Invariance: every quantity the network sees is a distance, an angle between vectors, or an angle seen from
 the origin, so the output is invariant to rotations about the origin; centring the input on its centroid
@@ -12,9 +12,11 @@ the origin, so the output is invariant to rotations about the origin; centring t
 (farthest point sampling from the point farthest from the origin) are invariant too, up to exact distance ties.
 The same quantities are unchanged by a mirror image, so the network is invariant to reflections as well (E(3),
 not only SE(3)): it cannot tell a shape from its mirror image, and on a mirror-symmetric garment (a T-shirt
-lying flat) it gives the left and the right sleeve the same logits. Which sleeve a keypoint lands on is then
-decided by noise and sampling, not by the garment; only a frame that knows "up" (the node's gravity-aligned
-target frame) can break that tie.
+lying flat) it gives the left and the right sleeve the same logits, so a keypoint's weights split between
+them. ``SPRINConfig.chiral`` adds one reflection-odd descriptor entry: the network stays SE(3)-invariant but
+can use the garment's relief to tell left from right. Nothing SE(3)-invariant can do so on a perfectly flat
+symmetric sheet, whose half turn about its axis of symmetry is a rotation; only a frame that knows "up" (the
+node's gravity-aligned target frame, where Key-Grid with yaw augmentation applies) can.
 
 Determinism: the released network picks a random subset of each kNN neighbourhood and a random FPS start in
 every forward pass, at test time too. Here evaluation is deterministic by default (``neighbour_sampling=
@@ -120,6 +122,9 @@ class SPRINConfig:
     train_neighbour_sampling: str = 'random'  # the released behaviour (random subset of the k nearest)
     fps_start: str = 'farthest'
     train_fps_start: str = 'random'  # the released behaviour
+    # A 9th, reflection-odd descriptor entry (see pair_descriptor): the network stays SE(3)-invariant but can
+    # tell a shape from its mirror image. Off in the released network (and in files that predate it).
+    chiral: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, 'layers', tuple(ConvSpec(k, s, r, o, tuple(h), g)
@@ -166,7 +171,7 @@ class SPRINConfig:
 
 
 #: Fields that the weights depend on; a model file must agree with a requested config on these.
-ARCHITECTURE_FIELDS = ('num_keypoints', 'fps_points', 'layers', 'head')
+ARCHITECTURE_FIELDS = ('num_keypoints', 'fps_points', 'layers', 'head', 'chiral')
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -192,17 +197,23 @@ def _cos(a: torch.Tensor, b: torch.Tensor, na: torch.Tensor, nb: torch.Tensor) -
     return (a * b).sum(-1, keepdim=True) / (na * nb + 1e-7)
 
 
-def pair_descriptor(neighbours: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+def pair_descriptor(neighbours: torch.Tensor, centres: torch.Tensor, chiral: bool = False) -> torch.Tensor:
     """The 8-D rotation-invariant descriptor of each neighbour ``p_j`` of each centre ``p_i``.
 
     ``neighbours`` (B, Q, k, 3) (or (B, 1, k, 3) when every centre shares them), ``centres`` (B, Q, 3) ->
-    (B, Q, k, 8), with ``m`` the mean of the centre's neighbours and coordinates relative to the origin:
+    (B, Q, k, 8) (9 with ``chiral``), with ``m`` the mean of the centre's neighbours and coordinates relative
+    to the origin:
     angle(p_i, p_j) seen from the origin / pi, |p_j|, |m - p_j|, |p_j - p_i|, |p_i - m|, cos(m - p_j, p_j - p_i),
     cos(p_j - p_i, p_i - m), cos(p_i - m, m - p_j).
 
     The released code gets the first one through an Euler-angle frame at p_i; it is the angle between the
     two position vectors, computed here as ``atan2(|p_i x p_j|, p_i . p_j)``, which (unlike ``acos`` of a
     cosine near 1) keeps full precision for nearby directions and is 0, not NaN, at the origin.
+
+    ``chiral`` appends det[p_j - p_i, m - p_i, p_i] / (|p_j - p_i| |m - p_i| |p_i| + 1e-7): which way the
+    triangle (p_i, p_j, m) turns about the centre's direction from the origin. A rotation leaves it unchanged,
+    a reflection flips its sign, so it is the one entry that tells a shape from its mirror image. On a flat
+    sheet through the origin it is 0; the garment's relief (wrinkles, drape, folds) makes it informative.
     """
     dtype = torch.promote_types(neighbours.dtype, torch.float32)
     with torch.autocast(neighbours.device.type, enabled=False):
@@ -215,8 +226,12 @@ def pair_descriptor(neighbours: torch.Tensor, centres: torch.Tensor) -> torch.Te
         angle = torch.atan2(torch.linalg.cross(pi_b, pj_b).norm(dim=-1, keepdim=True),
                             (pi_b * pj_b).sum(-1, keepdim=True)) / math.pi
         shape = l2.shape[:-1] + (1,)
-        parts = (angle, pj.norm(dim=-1, keepdim=True), n1, n2, n3,
-                 _cos(l1, l2, n1, n2), _cos(l2, l3, n2, n3), _cos(l3, l1, n3, n1))
+        parts = [angle, pj.norm(dim=-1, keepdim=True), n1, n2, n3,
+                 _cos(l1, l2, n1, n2), _cos(l2, l3, n2, n3), _cos(l3, l1, n3, n1)]
+        if chiral:
+            l2_b, m_pi = torch.broadcast_tensors(l2, -l3)  # p_j - p_i and m - p_i
+            volume = (torch.linalg.cross(l2_b, m_pi) * pi_b).sum(-1, keepdim=True)  # det[p_j - p_i, m - p_i, p_i]
+            parts.append(volume / (n2 * n3 * pi.norm(dim=-1, keepdim=True) + 1e-7))
         return torch.cat([p.expand(shape) for p in parts], dim=-1)
 
 
@@ -268,10 +283,11 @@ class SparseSO3Conv(nn.Module):
     weighted by each of the ``rank`` kernel outputs (rank x C_in values), then Linear -> ``c_out`` and LayerNorm.
     """
 
-    def __init__(self, rank: int, c_in: int, c_out: int, hidden: tuple[int, ...]):
+    def __init__(self, rank: int, c_in: int, c_out: int, hidden: tuple[int, ...], chiral: bool = False):
         super().__init__()
+        self.chiral = chiral
         layers: list[nn.Module] = []
-        width = 8
+        width = 9 if chiral else 8
         for h in hidden:
             layers += [nn.Linear(width, h), nn.LayerNorm(h), nn.ReLU(inplace=True)]
             width = h
@@ -285,7 +301,7 @@ class SparseSO3Conv(nn.Module):
 
         A size-1 second axis means every centre shares the same neighbours (the dense layers).
         """
-        kernel = self.kernel(pair_descriptor(neighbours, centres).to(features.dtype))  # (B, Q, k, rank)
+        kernel = self.kernel(pair_descriptor(neighbours, centres, self.chiral).to(features.dtype))  # (B, Q, k, rank)
         if features.shape[1] == 1:  # shared neighbours: one (k, C) matrix per cloud
             contracted = torch.einsum('bqkr,bkc->bqrc', kernel, features[:, 0])
         else:
@@ -299,10 +315,10 @@ class NeighbourhoodSO3Conv(nn.Module):
     ``spec.k == 0`` makes it dense: every source point is a neighbour of every query (conv_31 / conv_32).
     """
 
-    def __init__(self, spec: ConvSpec, c_in: int):
+    def __init__(self, spec: ConvSpec, c_in: int, chiral: bool = False):
         super().__init__()
         self.k, self.stride = spec.k, spec.stride
-        self.conv = SparseSO3Conv(spec.rank, c_in, spec.out, spec.hidden)
+        self.conv = SparseSO3Conv(spec.rank, c_in, spec.out, spec.hidden, chiral)
 
     def forward(self, src: torch.Tensor, features: torch.Tensor, dst: torch.Tensor, mode: str = 'dilated',
                 generator: torch.Generator | None = None, nearest: torch.Tensor | None = None) -> torch.Tensor:
@@ -347,7 +363,7 @@ class SPRINSeg(nn.Module):
         self.globs = nn.ModuleDict()
         channels = 1
         for name, spec in zip(LAYER_NAMES, config.layers):
-            self.convs[name] = NeighbourhoodSO3Conv(spec, channels)
+            self.convs[name] = NeighbourhoodSO3Conv(spec, channels, config.chiral)
             channels = spec.out
             if spec.glob:
                 self.globs[name] = GlobalInfoProp(channels, spec.glob)
