@@ -250,3 +250,19 @@ def test_float16_file_loads_as_float32_with_rounded_weights(tmp_path, trained_li
             torch.testing.assert_close(loaded, tensor, rtol=2 ** -10, atol=1e-7)
     with pytest.raises(ValueError, match='weights_dtype'):
         save_model(tmp_path / 'x.safetensors', trained_like_model, weights_dtype='int8')
+
+
+def test_bench_model_useek_reports_the_same_keys():
+    import argparse
+
+    from keygrid_ros.bench import model as bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(['--model-type', 'useek', '--points', '256', '--repeats', '1', '--train-batch', '2',
+                              '--threads', '1'])
+    result = bench.run(args)
+    for key in ('infer_b1_ms', 'infer_b32_ms', 'train_b2_ms', 'peak_mem_mb', 'params', 'device', 'train_autocast'):
+        assert key in result, key
+    assert result['model_type'] == 'useek' and result['params'] > 2e7
+    json.dumps(result)

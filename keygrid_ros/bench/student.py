@@ -5,7 +5,8 @@ Meant to run as ``keygrid bench model --model-type useek``: it takes the model b
 returns the same keys (``infer_b1_ms``, ``infer_b{batch}_ms``, ``train_b{train_batch}_ms``, ``*_p90_ms``,
 ``*_cpu_ms``, ``*_peak_mem_mb``, ``params``, ``device``...), measured with the model benchmark's timer on the
 same synthetic garment clouds. The training step is forward + negative-sampled BCE + backward + Adam on fixed
-random labels (the teacher's cost is Key-Grid inference, measured by the Key-Grid benchmark).
+random labels, with the distiller's mixed precision (``--train-amp``: bf16 on GPUs and CPUs with native bf16);
+the teacher's cost is Key-Grid inference, measured by the Key-Grid benchmark.
 """
 
 from __future__ import annotations
@@ -69,8 +70,13 @@ def run(args: argparse.Namespace) -> dict:
         if device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(device)
 
-        def step():
-            with autocast():
+        from keygrid_ros.train.runtime import training_autocast_dtype
+
+        train_dtype = torch.bfloat16 if args.bf16 else training_autocast_dtype(device, args.train_amp)
+        result['train_autocast'] = str(train_dtype).replace('torch.', '') if train_dtype else 'off'
+
+        def step():  # as the distiller's step: the network under autocast, the loss in float32
+            with torch.autocast(device.type, dtype=train_dtype or torch.float32, enabled=train_dtype is not None):
                 logits = net(normalised)
             loss = negative_sampled_bce(logits, labels)
             optimizer.zero_grad(set_to_none=True)
