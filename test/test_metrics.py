@@ -137,3 +137,33 @@ def test_miou_snaps_to_the_cloud():
     kp = np.array([[[0.4, 0.0, 0.0]]])  # 0.4 away from the ground truth, but its nearest cloud point is on it
     assert metrics.iou_counts(kp, gt).miou == pytest.approx(0.0)
     assert metrics.iou_counts(kp, gt, cloud=cloud).miou == pytest.approx(100.0)
+
+
+def test_side_consistency_tells_a_steady_keypoint_from_one_that_swaps_sides():
+    from keygrid_ros.train.metrics import lateral_coordinates, side_consistency, side_scores
+
+    rng = np.random.default_rng(0)
+    # A symmetric garment in a rotated pose: vertex i + 50 is the mirror image of vertex i across x = 0.
+    half = rng.uniform([0.02, -0.3, 0.0], [0.3, 0.3, 0.01], size=(50, 3))
+    body = np.concatenate([half, half * [-1, 1, 1]])
+    turn = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    rest = body @ turn.T + [1.0, 2.0, 0.5]
+    landmarks = np.array([[0.25, 0.2, 0.0], [-0.25, 0.2, 0.0], [0.0, 0.3, 0.0]]) @ turn.T + [1.0, 2.0, 0.5]
+    names = ['sleeve_r', 'sleeve_l', 'neck']
+    lateral = lateral_coordinates(rest, landmarks, names)
+    np.testing.assert_allclose(lateral[:50], half[:, 0], atol=1e-12)  # signed distance, right side positive
+    np.testing.assert_allclose(lateral[50:], -half[:, 0], atol=1e-12)
+    assert lateral_coordinates(rest, landmarks[2:], ['neck']) is None
+    outer = int(np.argmax(half[:, 0]))
+    T = 20
+    steady = np.full((T, 1), outer)  # always the same right-hand vertex
+    swapping = np.where(np.arange(T)[:, None] % 2 == 0, outer, outer + 50)  # right, left, right, ...
+    assert side_scores(steady, rest, landmarks, names) == {'lateral_fraction': 1.0, 'side_consistency': 1.0}
+    assert side_scores(swapping, rest, landmarks, names)['side_consistency'] == 0.5
+    # On the centre line: never lateral, so no side to be consistent about.
+    central = side_consistency(np.zeros((T, 3)))
+    assert central['lateral_fraction'] == 0.0 and np.isnan(central['side_consistency'])
+    # A keypoint that is lateral in fewer than a quarter of the frames does not count.
+    mostly_central = np.zeros((T, 1))
+    mostly_central[:3] = 0.4
+    assert np.isnan(side_consistency(mostly_central)['side_consistency'])

@@ -157,7 +157,8 @@ def predict_frames(
 
 
 def score_sequence(seq: MeshSequence, pred: FramePredictions, num_ground_truth: int | None = None) -> dict[str, Any]:
-    """Protocols A and B (and mIoU when ``seq`` has ground truth) for one sequence's predictions."""
+    """Protocols A and B for one sequence's predictions; with ground-truth landmarks also the mIoU and, when
+    they come in left/right pairs, the side consistency (:func:`metrics.side_scores`)."""
     vertices = seq.vertices[pred.frames].astype(np.float64)  # (T, V, 3)
     kp = pred.keypoints
     K = kp.shape[1]
@@ -180,6 +181,10 @@ def score_sequence(seq: MeshSequence, pred: FramePredictions, num_ground_truth: 
         clouds = np.take_along_axis(vertices, pred.sample_indices[..., None], axis=1)  # clean sampled points
         counts = metrics.iou_counts(kp, seq.keypoints[pred.frames], metrics.MIOU_THRESHOLD, cloud=clouds)
         result.update(miou=counts.miou, miou_counts=asdict(counts))
+        if seq.keypoint_names:  # left/right landmark pairs: is each keypoint on a stable side of the garment?
+            sides = metrics.side_scores(pred.vertex_indices, seq.vertices[0], seq.keypoints[0],
+                                        list(seq.keypoint_names))
+            result.update(sides or {})
     return result
 
 
@@ -195,6 +200,9 @@ def summarize(per_sequence: list[dict[str, Any]]) -> dict[str, Any]:
     counts = [metrics.IoUCounts(**s['miou_counts']) for s in per_sequence if 'miou_counts' in s]
     summary['miou'] = sum(counts, metrics.IoUCounts()).miou if counts else None
     summary['frames'] = int(sum(s['frames'] for s in per_sequence))
+    for key in ('lateral_fraction', 'side_consistency'):
+        if any(key in s for s in per_sequence):
+            summary[key] = _mean(s.get(key) for s in per_sequence)
     groups: dict[str, list[dict]] = defaultdict(list)
     for s in per_sequence:
         groups[s['motion'] or 'unknown'].append(s)

@@ -32,6 +32,15 @@ cloud (when a cloud is given); over a whole set of frames, ``npos`` = number of 
 ``FN`` = ground-truth points with no prediction within the threshold (distance <= threshold), ``FP`` =
 predictions with no ground-truth point within it; ``mIoU = 100 * (npos - FN) / (npos + FP)``. Distances are
 in whatever units the caller passes; the released protocol uses the original (un-normalised) coordinates.
+
+**Side consistency** (a diagnostic, not in the literature): on a garment whose landmarks come in left/right
+pairs (``*_l`` / ``*_r``), each mesh vertex gets a signed lateral coordinate from its rest pose (frame 0);
+a keypoint is *lateral* in a frame when its nearest vertex lies off the central band (``|lateral| >
+band x garment width``). ``lateral_fraction`` = share of keypoint-frames that are lateral; ``side_consistency``
+= for keypoints lateral in at least a quarter of the frames, the share of those frames on their majority side,
+averaged. A consistent detector scores 1; one that cannot tell left from right (a reflection-invariant
+network on a symmetric garment) either keeps its keypoints on the centre line (low lateral fraction) or
+lands on either side by chance (about 0.5-0.7).
 """
 
 from __future__ import annotations
@@ -208,3 +217,45 @@ def iou_counts(
         close = dist <= threshold  # 'within': the reference counts a miss only when the distance exceeds it
         counts += IoUCounts(len(frame_gt), int((~close.any(1)).sum()), int((~close.any(0)).sum()))
     return counts
+
+
+def lateral_coordinates(rest_vertices: np.ndarray, landmarks: np.ndarray, names: list[str]) -> np.ndarray | None:
+    """Signed distance of every vertex ``(V, 3)`` from the garment's plane of symmetry, positive on the ``_r``
+    side: the plane through the midpoints of the ``*_r``/``*_l`` landmark pairs (``landmarks`` (M, 3)), normal
+    to their mean left-to-right direction. None when ``names`` has no such pairs."""
+    pairs = [(names.index(n), names.index(n[:-2] + '_l')) for n in names if n.endswith('_r') and n[:-2] + '_l' in names]
+    if not pairs:
+        return None
+    lm = np.asarray(landmarks, dtype=np.float64)
+    axis = np.mean([lm[r] - lm[left] for r, left in pairs], axis=0)
+    norm = np.linalg.norm(axis)
+    if norm == 0:
+        return None
+    centre = np.mean([(lm[r] + lm[left]) / 2 for r, left in pairs], axis=0)
+    return (np.asarray(rest_vertices, dtype=np.float64) - centre) @ (axis / norm)
+
+
+def side_consistency(lateral: np.ndarray, band: float = 0.1) -> dict[str, float]:
+    """``lateral`` (T, K): each keypoint's lateral coordinate per frame, as a fraction of the garment's width
+    -> ``lateral_fraction`` and ``side_consistency`` (module docstring); ``band``: the half-width of the
+    central band, in the same units."""
+    lat = np.asarray(lateral, dtype=np.float64)
+    side = np.sign(lat) * (np.abs(lat) > band)
+    T, K = side.shape
+    shares = []
+    for k in range(K):
+        s = side[:, k][side[:, k] != 0]
+        if len(s) >= max(1, T // 4):
+            shares.append(max(float((s > 0).mean()), float((s < 0).mean())))
+    return {'lateral_fraction': float(np.count_nonzero(side)) / side.size if side.size else float('nan'),
+            'side_consistency': float(np.mean(shares)) if shares else float('nan')}
+
+
+def side_scores(vertex_indices: np.ndarray, rest_vertices: np.ndarray, landmarks: np.ndarray, names: list[str],
+                band: float = 0.1) -> dict[str, float] | None:
+    """Side consistency of keypoints given as the mesh vertex each sits on per frame, ``(T, K)`` int."""
+    lateral = lateral_coordinates(rest_vertices, landmarks, names)
+    if lateral is None:
+        return None
+    width = float(np.ptp(lateral)) or 1.0
+    return side_consistency(lateral[np.asarray(vertex_indices)] / width, band)
