@@ -154,3 +154,15 @@ def test_extreme_point_baseline_picks_the_farthest_point_along_each_corner_direc
     # It reads the outline: a permutation of the input changes nothing.
     perm = torch.randperm(500)
     assert torch.equal(extreme_point_keypoint_fn(8)(points[:, perm]), keypoints)
+
+
+def test_evaluation_does_not_depend_on_the_order_of_the_files(files):
+    """Point samples are drawn per position in the file list; the evaluator sorts it, so any order scores alike."""
+    from keygrid_ros.train.evaluate import evaluate_paths, extreme_point_keypoint_fn
+
+    paths = [files['fold'], files['drop']]
+    keypoint_fn = extreme_point_keypoint_fn(4)
+    forward = evaluate_paths(keypoint_fn, paths, num_points=128)
+    backward = evaluate_paths(keypoint_fn, paths[::-1], num_points=128)
+    assert [s['source'] for s in forward['sequences']] == [s['source'] for s in backward['sequences']]
+    assert forward['das'] == backward['das']

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from ..data.dataset import Augment, SequenceDataset
+from ..data.dataset import Augment, SequenceDataset, sequence_files
 from ..data.sequences import Sequence as MeshSequence
 from ..data.sequences import load_sequence
 from ..normalize import Normalization
@@ -228,7 +228,10 @@ def evaluate_paths(
     Returns the summary (:func:`summarize`) with ``sequences``, the per-sequence results.
     """
     perturbation = perturbation or Perturbation()
-    dataset = SequenceDataset(paths, num_points=num_points, augment=perturbation.augment(), seed=perturbation.seed,
+    # Sorted: each frame's point sample is drawn from (seed, its position in the list), so the same files in
+    # another order would score differently, by the sampling noise alone (about 1 DAS point per sequence).
+    files = sorted(sequence_files(paths), key=str)
+    dataset = SequenceDataset(files, num_points=num_points, augment=perturbation.augment(), seed=perturbation.seed,
                               max_frames=max_frames, cache_size=1, keypoints=False)
     per_sequence = []
     for i, path in enumerate(dataset.files):
