@@ -44,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
         values = schema.load_yaml(resolve_share_file(SAMPLE_PARAMS, what='sample parameters'))
         overrides = [f'compile:={str(args.compile).lower()}']
         if args.model:
-            overrides.append(f'model_path:={args.model}')
+            from keygrid_ros.ros.detect_cli import model_overrides
+
+            overrides += model_overrides(args.model)
         values = schema.apply_overrides(values, overrides)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,8 @@ ARGUMENTS = (
     ('params_file', '', 'Parameters file (ROS layout). Empty: the package\'s config/detect.yaml.'),
     ('model', '', 'Model file (.safetensors); relative paths resolve against share/keygrid_ros. '
                   'Empty: keep the parameters file value.'),
+    ('model_type', '', 'keygrid or useek: the network the model file holds (useek for the SE(3)-invariant '
+                       'student). Empty: keep the parameters file value.'),
     ('device', '', "Inference device: auto, cpu, cuda:0 ... Empty: keep the parameters file value."),
     ('target_frame', '', 'Output frame (e.g. base_link). Empty: keep the parameters file value.'),
     ('use_sim_time', 'false', 'Use /clock (set true when replaying bags with --clock).'),
@@ -34,7 +36,7 @@ def _detector(context):
     params_file = arg('params_file') or PathJoinSubstitution(
         [FindPackageShare('keygrid_ros'), 'config', 'detect.yaml']).perform(context)
     overrides = {'use_sim_time': arg('use_sim_time').lower() in ('true', '1', 'yes')}
-    for launch_name, parameter in (('model', 'model_path'), ('device', 'device'),
+    for launch_name, parameter in (('model', 'model_path'), ('model_type', 'model_type'), ('device', 'device'),
                                    ('target_frame', 'target_frame')):
         if arg(launch_name):
             overrides[parameter] = arg(launch_name)

@@ -127,6 +127,9 @@ def write_model_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + '.tmp')
     save_file(tensors, str(tmp), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # readable like any file the user writes (the writer may create it 0600)
     os.replace(tmp, path)
     return path
 

@@ -279,17 +279,23 @@ class StudentModel:
         self.predict(torch.rand(batch, n, 3, generator=generator) * 2 - 1)
 
 
-def load_keypoint_model(path: str | os.PathLike, device: str | torch.device = 'auto', *,
-                        model_type: str | None = None, hard: bool | None = None, **kwargs: Any):
-    """Load any keypoint model file for inference: a Key-Grid ``KeypointModel`` or a :class:`StudentModel`,
-    chosen by the file's ``format``. ``model_type`` ('keygrid' or 'useek'), when given, must match the file.
-    Extra keyword arguments go to the chosen ``load``."""
+def model_type_of(path: str | os.PathLike) -> str:
+    """``'keygrid'`` or ``'useek'``: what a model file holds, from its metadata (ModelFileError otherwise)."""
     from .io import FORMAT as KEYGRID_FORMAT
 
     found = file_format(path)
     kind = {KEYGRID_FORMAT: 'keygrid', FORMAT: MODEL_TYPE}.get(found)
     if kind is None:
         raise ModelFileError(f'{path}: not a keypoint model file (format {found!r})')
+    return kind
+
+
+def load_keypoint_model(path: str | os.PathLike, device: str | torch.device = 'auto', *,
+                        model_type: str | None = None, hard: bool | None = None, **kwargs: Any):
+    """Load any keypoint model file for inference: a Key-Grid ``KeypointModel`` or a :class:`StudentModel`,
+    chosen by the file's ``format``. ``model_type`` ('keygrid' or 'useek'), when given, must match the file.
+    Extra keyword arguments go to the chosen ``load``."""
+    kind = model_type_of(path)
     if model_type is not None and model_type != kind:
         raise ModelFileError(f'{path}: is a {kind} model file, but model_type {model_type!r} was requested')
     if kind == MODEL_TYPE:

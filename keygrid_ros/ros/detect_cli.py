@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--params', metavar='FILE', help='ROS 2 parameters file (default: the schema defaults)')
     parser.add_argument('--set', metavar='NAME:=VALUE', action='append', default=[],
                         help='override one parameter (repeatable), e.g. --set target_frame:=base_link')
-    parser.add_argument('--model', help='shortcut for --set model_path:=MODEL')
+    parser.add_argument('--model', help='shortcut for --set model_path:=MODEL (model_type is read from the file)')
     parser.add_argument('--namespace', default='', help='node namespace (topic names as under ros2 run)')
     bag = parser.add_argument_group('bag transport')
     bag.add_argument('--topic', help='input PointCloud2 topic (default: the bag\'s only one)')
@@ -45,12 +45,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     dds.add_argument('--duration', type=float, default=0.0, help='stop after this many seconds (0 = until Ctrl-C)')
 
 
+def model_overrides(model: str) -> list[str]:
+    """``--model FILE`` as parameter overrides: ``model_path``, and ``model_type`` read from the file itself, so
+    a USEEK student needs no second flag. An unreadable file sets only the path: the node then says why."""
+    overrides = [f'model_path:={model}']
+    try:
+        from keygrid_ros.model.io import ModelFileError
+        from keygrid_ros.model.student import model_type_of
+        from keygrid_ros.ros.node import NodeStartupError, resolve_model_path
+
+        overrides.append(f'model_type:={model_type_of(resolve_model_path(model))}')
+    except (ModelFileError, NodeStartupError, OSError):
+        pass
+    return overrides
+
+
 def load_values(args: argparse.Namespace) -> dict[str, Any]:
     """Schema defaults <- parameters file <- --model <- --set (validated; raises ParameterError)."""
     values = schema.load_yaml(args.params) if args.params else schema.defaults()
     overrides = list(args.set)
     if args.model:
-        overrides.insert(0, f'model_path:={args.model}')
+        overrides = model_overrides(args.model) + overrides
     return schema.apply_overrides(values, overrides)
 
 
