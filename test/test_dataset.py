@@ -113,3 +113,16 @@ def test_loader_batches_and_keygrid_text(tmp_path, seq_file, rng):
     assert batch['sequence'].tolist() == [0, 0, 1, 1]
     with pytest.raises(ValueError, match='sampling'):
         SequenceDataset(path, sampling='poisson')
+
+
+def test_stretch_scales_each_axis_and_reports_it(seq_file):
+    path, _, verts = seq_file
+    ds = SequenceDataset(path, num_points=256, augment=Augment(stretch=0.25), seed=5)
+    item = ds[1]
+    stretch = item['stretch'].numpy().astype(np.float64)
+    assert np.all(np.abs(stretch - 1) <= 0.25) and np.ptp(stretch) > 0.01  # three different factors
+    original = verts[1][item['indices'].numpy()].astype(np.float64)
+    np.testing.assert_allclose(_metric(item), original * stretch, atol=1e-5)
+    assert torch.equal(SequenceDataset(path, num_points=256, seed=5)[1]['stretch'], torch.ones(3))
+    with pytest.raises(ValueError, match='stretch'):
+        Augment(stretch=1.0)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from keygrid_ros.cli import main
-from keygrid_ros.data.dataset import SequenceDataset
+from keygrid_ros.data.dataset import Augment, SequenceDataset
 from keygrid_ros.data.sequences import Sequence, load_sequence, save_sequence
 from keygrid_ros.model.config import KeyGridConfig
 from keygrid_ros.model.io import save_model
@@ -105,11 +105,11 @@ def test_predict_writes_keypoints_in_input_coordinates(files, tmp_path):
     np.testing.assert_allclose(keypoints, on_vertex, atol=1e-5)
 
 
-def test_predict_frames_inverts_normalisation_and_se3(files):
+@pytest.mark.parametrize('augment', [evaluate.Perturbation(se3=True).augment(), Augment(se3=True, stretch=0.3)])
+def test_predict_frames_inverts_normalisation_and_se3(files, augment):
     """An 'identity' detector (keypoints = the first K input points) must come back onto the mesh vertices."""
     seq = load_sequence(files['fold'])
-    dataset = SequenceDataset([files['fold']], num_points=200, augment=evaluate.Perturbation(se3=True).augment(),
-                              seed=1, keypoints=False)
+    dataset = SequenceDataset([files['fold']], num_points=200, augment=augment, seed=1, keypoints=False)
     pred = evaluate.predict_frames(lambda points: points[:, :4], dataset, 0, batch_size=4)
     expected = np.take_along_axis(seq.vertices, pred.sample_indices[:, :4, None], axis=1)
     np.testing.assert_allclose(pred.keypoints, expected, atol=1e-5)

@@ -14,7 +14,9 @@ Sampling:
 Augmentations (all seeded per item), in the order applied:
 1. ``partial``: keep only the vertices (or triangles) visible from a random camera above the garment;
 2. sampling, then ``downsample``: keep the first n of the N FPS-ordered points (= FPS to n);
-3. ``se3``: a uniformly random rotation and a random translation (metres) of the frame;
+3. ``stretch``: each axis scaled by its own factor in [1 - stretch, 1 + stretch] (garments of other sizes
+   and proportions than the few simulated ones), then ``se3``: a uniformly random rotation and a random
+   translation (metres) of the frame;
 4. normalisation (fitted to the points *after* the above), then ``noise``: Gaussian noise with sigma
    in normalised units (the unit the robustness protocol speaks), not re-normalised, so
    ``offset``/``scale`` still invert the points exactly.
@@ -45,9 +47,14 @@ class Augment:
     downsample: int | None = None
     se3: bool = False
     se3_translation: float = 0.5
+    stretch: float = 0.0
     partial: bool = False
     partial_elevation_deg: tuple[float, float] = (35.0, 90.0)
     partial_distance: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.stretch < 1.0:
+            raise ValueError(f'stretch must be in [0, 1) (a factor 1 +- stretch per axis), got {self.stretch}')
 
 
 def fps(points: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -210,7 +217,10 @@ class SequenceDataset(Dataset):
         if aug.downsample:
             order = order[:aug.downsample]
         points, indices = pool[order], pool_idx[order]
-        rot, shift = np.eye(3), np.zeros(3)
+        rot, shift, stretch = np.eye(3), np.zeros(3), np.ones(3)
+        if aug.stretch:
+            stretch = rng.uniform(1.0 - aug.stretch, 1.0 + aug.stretch, 3)
+            points = points * stretch
         if aug.se3:
             rot = random_rotation(rng)
             shift = rng.uniform(-aug.se3_translation, aug.se3_translation, 3)
@@ -229,9 +239,10 @@ class SequenceDataset(Dataset):
             'scale': norm.scale,
             'rotation': torch.from_numpy(rot.astype(np.float32)),
             'translation': torch.from_numpy(shift.astype(np.float32)),
+            'stretch': torch.from_numpy(stretch.astype(np.float32)),
         }
         if self.keypoints and seq.keypoints is not None:
-            kp = seq.keypoints[frame].astype(np.float64) @ rot.T + shift
+            kp = (seq.keypoints[frame].astype(np.float64) * stretch) @ rot.T + shift
             item['keypoints'] = torch.from_numpy(norm.apply(kp).astype(np.float32))
         return item
 

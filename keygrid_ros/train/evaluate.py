@@ -133,8 +133,8 @@ def predict_frames(
 ) -> FramePredictions:
     """Run ``keypoint_fn`` on frames of ``dataset``'s ``sequence`` (default: all of them).
 
-    Keypoints come back in the sequence file's coordinates: normalisation inverted, then SE(3) undone
-    (``augmented = original @ R^T + t``, so ``original = (augmented - t) @ R``).
+    Keypoints come back in the sequence file's coordinates: normalisation inverted, then SE(3) and the
+    stretch undone (``augmented = (original * s) @ R^T + t``, so ``original = ((augmented - t) @ R) / s``).
     """
     start = int(np.sum(dataset.frame_counts[:sequence]))  # items are the sequences' frames, one after another
     count = int(dataset.frame_counts[sequence])
@@ -151,6 +151,7 @@ def predict_frames(
         offset = batch['offset'].double().view(-1, 1, 1)
         augmented = (kp + 1.0) / scale + offset
         original = (augmented - batch['translation'].double().unsqueeze(1)) @ batch['rotation'].double()
+        original = original / batch['stretch'].double().unsqueeze(1)
         keypoints.append(original.numpy())
     return FramePredictions(np.asarray(frames), np.concatenate(keypoints), np.concatenate(vertex_ids),
                             np.concatenate(samples))
