@@ -154,6 +154,12 @@ def test_config_defaults_and_yaml(tmp_path):
         load_config(path, ['epoch=3'])
     with pytest.raises(ValueError, match='unknown SPRINConfig fields'):
         load_config(path, ['student.width=3'])
+    # The teacher labels what it sees: a rotated cloud would get wrong labels, so SE(3) augmentation is refused.
+    assert load_config(path, ['augment={stretch: 0.2, noise: 0.01}']).augment == {'stretch': 0.2, 'noise': 0.01}
+    with pytest.raises(ValueError, match='not rotation invariant'):
+        load_config(path, ['augment={se3: true}'])
+    with pytest.raises(ValueError, match='twist.*known: noise'):
+        load_config(path, ['augment={twist: 1}'])
     shipped = load_config(REPO / 'config' / 'distill_useek.yaml')
     assert shipped.student_config(8) == SPRINConfig(num_keypoints=8)
     assert (shipped.lr, shipped.expand, shipped.dist_threshold, shipped.negative_sampling_factor) == (1e-4, 1.2, 0.1, 3)

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 import copy
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 import json
 import logging
 from pathlib import Path
@@ -43,7 +43,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 import yaml
 
-from ..data.dataset import SequenceDataset
+from ..data.dataset import Augment, SequenceDataset
 from ..data.sequences import load_sequence
 from ..model.config import reject_unknown_fields
 from ..model.sprin import SPRINConfig, SPRINSeg, keypoints_from_logits, normalize_input
@@ -150,6 +150,14 @@ class DistillConfig:
         for key in ('train', 'val'):
             if isinstance(getattr(self, key), str):
                 setattr(self, key, [getattr(self, key)])
+        try:  # unknown names and bad values fail here, not after the teacher has loaded
+            Augment(**self.augment)
+        except TypeError as exc:
+            raise ValueError(f'augment: {exc}; known: {", ".join(f.name for f in fields(Augment))}') from None
+        if self.augment.get('se3'):
+            raise ValueError('augment.se3 would turn the clouds the teacher labels, and Key-Grid is not rotation '
+                             'invariant: its labels would be wrong. The student needs no rotation augmentation '
+                             '(its invariance is built in); use noise, downsample, stretch or partial.')
 
     def student_config(self, num_keypoints: int) -> SPRINConfig:
         """The student architecture for a teacher with ``num_keypoints`` (``num_points`` from the data)."""
