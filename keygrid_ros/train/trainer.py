@@ -1,7 +1,9 @@
 """Key-Grid training loop: one process on a CPU or a GPU, or several under ``torchrun`` (DDP).
 
 Reading order: :func:`train` sets up (distributed, device, run folder, data, model, optimiser, resume), then
-runs ``epochs`` of :func:`_train_step` with validation and checkpoints at the end of each epoch.
+runs ``epochs`` of :func:`_train_step` with validation and checkpoints at the end of each epoch. What the
+distiller shares with it (processes, devices, run folder, data split, batches, random streams) lives in
+:mod:`keygrid_ros.train.runtime`.
 
 Run folder (``out_dir/run_name``)::
 
