@@ -296,3 +296,15 @@ def test_a_failed_compile_falls_back_to_the_eager_model(tmp_path, monkeypatch, c
     monkeypatch.setattr(node_module, 'load_model', lambda *a, **k: StubModel(fail=True))
     with pytest.raises(NodeStartupError, match='does not run'):
         DetectorNode({'model_path': str(tmp_path / 'm.safetensors'), 'compile': False}, lambda *_: None)
+
+
+def test_a_student_with_hard_keypoints_gets_one_warning_saying_what_to_set(caplog):
+    with caplog.at_level(logging.WARNING):
+        DetectorNode({'model_type': 'useek'}, lambda *_: None, model=StubModel())
+    (warning,) = [r for r in caplog.records if 'useek' in r.getMessage()]
+    assert 'hard_keypoints:=false' in warning.getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        DetectorNode({'model_type': 'useek', 'hard_keypoints': False}, lambda *_: None, model=StubModel())
+        DetectorNode({}, lambda *_: None, model=StubModel())
+    assert not [r for r in caplog.records if 'useek' in r.getMessage()]

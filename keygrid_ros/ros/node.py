@@ -288,6 +288,12 @@ class DetectorNode:
             model = self._load_model(path, merged['model_type'], device, compiled)
         self.detector = Detector(model, _preprocess_config(merged), device=device,
                                  hard_keypoints=merged['hard_keypoints'], smoothing=merged['smoothing'])
+        if merged['model_type'] == 'useek' and merged['hard_keypoints']:
+            # Not an error (hard keypoints are points on the cloth), but not what the student was measured in.
+            self.logger.warning('model_type useek with hard_keypoints: true snaps each keypoint to its arg-max '
+                                'point; on a mirror-symmetric garment that lands on either side at random (held-out '
+                                'T-shirt DAS 48 instead of 67 with the weighted means). Set hard_keypoints:=false '
+                                "for the student's own mode (models/README.md).")
         if warmup:
             try:
                 ms = self.detector.warmup()
