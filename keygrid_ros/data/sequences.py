@@ -17,6 +17,8 @@ import re
 
 import numpy as np
 
+from keygrid_ros.fileio import atomic_write
+
 #: Key-Grid's text files stack frames of this many points.
 KEYGRID_POINTS = 2048
 _TIMESTEP = re.compile(r'(?:^|_timestep_)(\d+)\.obj$')
@@ -88,10 +90,7 @@ def save_sequence(path: str | Path, seq: Sequence) -> Path:
         data['keypoint_names'] = np.array(seq.keypoint_names or [f'kp{i}' for i in range(seq.keypoints.shape[1])])
     if seq.info:
         data['info'] = np.array(json.dumps(seq.info))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp.npz')
-    np.savez(tmp, **data)
-    tmp.replace(path)
+    atomic_write(path, lambda fh: np.savez(fh, **data))
     return path
 
 

@@ -36,9 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 import torch
 
+from ..fileio import atomic_write
 from .config import ARCHITECTURE_FIELDS, KeyGridConfig
 from .keygrid import KeyGrid
 
@@ -122,15 +123,10 @@ def widen_weights(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Te
 
 
 def write_model_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    """Write a safetensors model file atomically (temp file + rename): never half a file under the real name."""
+    """Write a safetensors model file atomically (:func:`~keygrid_ros.fileio.atomic_write`): never half a file
+    under the real name, and the permissions any file the user writes gets."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    save_file(tensors, str(tmp), metadata=metadata)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # readable like any file the user writes (the writer may create it 0600)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: fh.write(save(tensors, metadata=metadata)))
     return path
 
 

@@ -13,41 +13,14 @@ never a torn one.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 import random
-import tempfile
 from typing import Any
 
 import numpy as np
 import torch
 
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(file_object)`` on a temporary file next to ``path``, fsync it, rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
-        with os.fdopen(fd, 'wb') as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+from ..fileio import atomic_write
 
 
 def rng_state() -> dict[str, Any]:
