@@ -129,6 +129,16 @@ def time_inference(result: dict, infer: Callable[[torch.Tensor], object], autoca
         record_timing(result, f'infer_b{batch}', _time(call, device, repeats), device)
 
 
+def train_autocast_dtype(result: dict, args: argparse.Namespace, device: torch.device) -> torch.dtype | None:
+    """The training step's autocast dtype: bf16 with ``--bf16``, else the trainer's rule for ``--train-amp``
+    (:func:`~keygrid_ros.train.runtime.training_autocast_dtype`); recorded as ``train_autocast``."""
+    from keygrid_ros.train.runtime import training_autocast_dtype
+
+    dtype = torch.bfloat16 if args.bf16 else training_autocast_dtype(device, args.train_amp)
+    result['train_autocast'] = str(dtype).replace('torch.', '') if dtype else 'off'
+    return dtype
+
+
 def record_memory(result: dict, baseline: float, device: torch.device) -> None:
     """The overall peak over every measurement, the baseline before them, and what "peak" means here."""
     result['baseline_mem_mb'] = round(baseline, 1)
@@ -197,10 +207,7 @@ def run(args: argparse.Namespace) -> dict:
         if device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(device)
 
-        from keygrid_ros.train.runtime import training_autocast_dtype
-
-        train_dtype = torch.bfloat16 if args.bf16 else training_autocast_dtype(device, args.train_amp)
-        result['train_autocast'] = str(train_dtype).replace('torch.', '') if train_dtype else 'off'
+        train_dtype = train_autocast_dtype(result, args, device)
 
         def step():  # as the trainer's step: forward and losses under autocast, backward and update outside
             with torch.autocast(device.type, dtype=train_dtype or torch.float32, enabled=train_dtype is not None):

@@ -19,7 +19,15 @@ import torch
 
 
 def run(args: argparse.Namespace) -> dict:
-    from keygrid_ros.bench.model import _peak_mb, _time, garment_clouds, record_memory, record_timing, time_inference
+    from keygrid_ros.bench.model import (
+        _peak_mb,
+        _time,
+        garment_clouds,
+        record_memory,
+        record_timing,
+        time_inference,
+        train_autocast_dtype,
+    )
     from keygrid_ros.model.inference import resolve_device
     from keygrid_ros.model.sprin import SPRINConfig, SPRINSeg, normalize_input
     from keygrid_ros.model.student import StudentNet
@@ -70,10 +78,7 @@ def run(args: argparse.Namespace) -> dict:
         if device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats(device)
 
-        from keygrid_ros.train.runtime import training_autocast_dtype
-
-        train_dtype = torch.bfloat16 if args.bf16 else training_autocast_dtype(device, args.train_amp)
-        result['train_autocast'] = str(train_dtype).replace('torch.', '') if train_dtype else 'off'
+        train_dtype = train_autocast_dtype(result, args, device)
 
         def step():  # as the distiller's step: the network under autocast, the loss in float32
             with torch.autocast(device.type, dtype=train_dtype or torch.float32, enabled=train_dtype is not None):
