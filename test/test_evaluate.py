@@ -49,7 +49,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     model = save_model(folder / 'tiny.safetensors', KeyGrid(TINY).eval(), keypoint_names=NAMES,
                        training_data={'train': ['synthetic']}, metrics={'val_das': 50.0})
     data = folder / 'data'
-    save_sequence(data / 'fold.npz', sheet(motion='fold'))
+    folded = sheet(motion='fold')
+    folded.info['fold'] = 'half'
+    save_sequence(data / 'fold.npz', folded)
     save_sequence(data / 'drop.npz', sheet(frames=5, motion='drop', with_keypoints=False))
     return {'model': model, 'data': data, 'fold': data / 'fold.npz', 'drop': data / 'drop.npz', 'dir': folder}
 
@@ -71,6 +73,10 @@ def test_evaluate_json_contract(files, capsys):
     by_source = {Path(s['source']).name: s for s in report['sequences']}
     assert by_source['fold.npz']['miou'] is not None and 'miou' not in by_source['drop.npz']
     assert set(report['by_motion']) == {'drop', 'fold'}
+    # The fold kind the simulator recorded is reported per sequence and as its own group.
+    assert by_source['fold.npz']['fold'] == 'half' and by_source['drop.npz']['fold'] is None
+    assert report['by_fold'] == {'half': {**{k: by_source['fold.npz'][k] for k in
+                                            ('das', 'das_correspondence', 'das_reference_frame')}, 'sequences': 1}}
     assert report['miou'] is not None  # pooled over the sequences that have ground truth
 
 

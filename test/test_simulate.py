@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,8 +171,36 @@ def test_dataset_builder_plans_splits_and_resumes(tmp_path):
     # Every file already there (as after an interrupted run that finished them): nothing is simulated.
     for j in jobs:
         save_sequence(j.path, Sequence(np.zeros((4, 3, 3), np.float32), np.array([[0, 1, 2]]), j.garment, j.motion,
-                                       info={'seconds': 1.0, 'checks': {'pass': True}}))
+                                       info={'seconds': 1.0, 'fold': j.fold, 'checks': {'pass': True}}))
     manifest = build(config, tmp_path, workers=1)
     assert len(manifest['sequences']) == 18 and len(manifest['splits']['val']) == 6
     on_disk = json.loads((tmp_path / 'manifest.json').read_text())
     assert on_disk['splits']['train'][0].startswith('train/') and on_disk['sequences'][0]['checks']['pass']
+
+
+def test_dataset_builder_cycles_fold_kinds_and_refuses_mismatched_files(tmp_path):
+    from keygrid_ros.data.build_dataset import build, plan_jobs
+    from keygrid_ros.data.sequences import Sequence, save_sequence
+    from keygrid_ros.data.simulate import FOLDS
+
+    config = {'garments': ['tshirt', 'pants'], 'motions': ['fold', 'drag'], 'splits': {'train': 3, 'val': 3},
+              'frames': 4}
+    jobs = plan_jobs(config, tmp_path)
+    for split in ('train', 'val'):
+        for garment in ('tshirt', 'pants'):
+            kinds = [j.fold for j in jobs if (j.split, j.garment, j.motion) == (split, garment, 'fold')]
+            assert set(kinds) == set(FOLDS[garment]), (split, garment, kinds)  # every kind trained and validated
+    assert all(j.fold is None for j in jobs if j.motion == 'drag')
+    assert all(j.fold is None for j in plan_jobs(dict(config, folds='random'), tmp_path))
+    with pytest.raises(ValueError, match='folds'):
+        plan_jobs(dict(config, folds='sometimes'), tmp_path)
+
+    # A finished file whose fold kind is not the plan's is reported, not overwritten.
+    job = next(j for j in jobs if j.motion == 'fold')
+    wrong = next(k for k in FOLDS[job.garment] if k != job.fold)
+    save_sequence(job.path, Sequence(np.zeros((4, 3, 3), np.float32), np.array([[0, 1, 2]]), job.garment, 'fold',
+                                     info={'fold': wrong, 'seconds': 1.0}))
+    before = Path(job.path).read_bytes()
+    with pytest.raises(ValueError, match=f'folds {wrong!r}, the plan says {job.fold!r}'):
+        build(config, tmp_path, workers=1)
+    assert Path(job.path).read_bytes() == before

@@ -6,12 +6,18 @@ The config (YAML or JSON)::
     motions: [drop, drag, fold]
     layers: [1]                          # 1 and/or 2 (two-layer only where the garment has it)
     splits: {train: 8, val: 2}           # seeds per (garment, motion, layers); or explicit seed lists
+    folds: cycle                         # fold kind per seed: cycle (default) or random
     frames: 128
     vertices: 2000
     sim: {sim_hz: 600, iterations: 5}    # any SimConfig field
 
 Validation seeds start at 10000, so validation garments are unseen sizes/proportions, not just
-unseen motions. Files are ``<split>/<garment>[_2l]_<motion>_<seed>.npz``; a file that already exists
+unseen motions. A garment folds in several ways (``simulate.FOLDS``: half, bottom up, sleeve); with
+``folds: cycle`` the kind is the garment's sorted kinds[seed % n], so every split with at least n seeds
+trains and validates on every kind. ``folds: random`` lets the seed draw it (how ``split_small`` was
+built: its 3 training seeds never drew the half fold its validation seed drew).
+
+Files are ``<split>/<garment>[_2l]_<motion>_<seed>.npz``; a file that already exists
 and reads back is skipped (resumable: kill and rerun). Sequences run in parallel processes (Newton on
 CPU uses one core each); each finished sequence logs one progress line, and ``manifest.json`` is
 rewritten after each one.
@@ -45,6 +51,7 @@ class Job:
     seed: int
     layers: int
     path: str
+    fold: str | None = None  # the fold kind, or None: the seed draws it
 
 
 def load_config(path: str | Path) -> dict:
@@ -56,11 +63,26 @@ def load_config(path: str | Path) -> dict:
     return yaml.safe_load(text) or {}
 
 
+FOLD_PLANS = ('cycle', 'random')
+
+
+def fold_kind(garment: str, seed: int, plan: str) -> str | None:
+    """The fold kind of ``garment``'s fold with ``seed`` under ``plan`` (None: drawn from the seed)."""
+    from keygrid_ros.data.simulate import FOLDS
+
+    if plan not in FOLD_PLANS:
+        raise ValueError(f'folds: {plan!r}; choose from {FOLD_PLANS}')
+    kinds = sorted(FOLDS.get(garment, ()))
+    return kinds[seed % len(kinds)] if plan == 'cycle' and kinds else None
+
+
 def plan_jobs(config: dict, out: str | Path) -> list[Job]:
-    """Every (split, garment, motion, layers, seed) of ``config``, with its output path."""
+    """Every (split, garment, motion, layers, seed) of ``config``, with its output path and fold kind."""
     from keygrid_ros.data.garments import GARMENTS
 
     out = Path(out)
+    folds = config.get('folds', 'cycle')
+    fold_kind('tshirt', 0, folds)  # validate before planning anything
     garments = config.get('garments', list(GARMENTS))
     motions = config.get('motions', ['drop', 'drag', 'fold'])
     layer_list = config.get('layers', [1])
@@ -80,7 +102,8 @@ def plan_jobs(config: dict, out: str | Path) -> list[Job]:
                     for seed in seeds:
                         tag = f'{garment}_2l' if layers == 2 else garment
                         path = out / split / f'{tag}_{motion}_{seed}.npz'
-                        jobs.append(Job(split, garment, motion, int(seed), int(layers), str(path)))
+                        fold = fold_kind(garment, int(seed), folds) if motion == 'fold' else None
+                        jobs.append(Job(split, garment, motion, int(seed), int(layers), str(path), fold))
     return jobs
 
 
@@ -108,7 +131,7 @@ def run_job(job: Job, config: dict) -> dict:
     wp.config.quiet = True
     garment = make_garment(job.garment, job.seed, target_vertices=config.get('vertices', 2000), layers=job.layers)
     sim = SimConfig(frames=config.get('frames', 128), **config.get('sim', {}))
-    result = simulate(garment, job.motion, seed=job.seed, config=sim)
+    result = simulate(garment, job.motion, seed=job.seed, config=sim, fold=job.fold)
     checks = physics_checks(result, job.motion, garment.layers)
     info = dict(result.info, garment=garment.name, layers=garment.layers, pattern=garment.params, checks=checks)
     save_sequence(job.path, Sequence(result.vertices, result.faces, garment.name, job.motion, result.keypoints,
@@ -140,10 +163,16 @@ def build(config: dict, out: str | Path, workers: int | None = None, resume: boo
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = plan_jobs(config, out)
-    entries, todo = [], []
+    entries, todo, mismatched = [], [], []
     for job in jobs:
         info = _readable(Path(job.path)) if resume else None
+        if info is not None and job.fold is not None and info.get('fold') != job.fold:
+            mismatched.append(f'{job.path} (folds {info.get("fold")!r}, the plan says {job.fold!r})')
         (entries.append(_entry(job, info)) if info is not None else todo.append(job))
+    if mismatched:
+        # Never overwrite a finished simulation: it may have taken many minutes. The user decides.
+        raise ValueError('these files do not match the plan; move them away or build into another folder '
+                         '(or set folds: random): ' + '; '.join(mismatched))
     total = len(jobs)
     log.warning('dataset %s: %d sequences, %d already done, %d to simulate', out, total, len(entries), len(todo))
     workers = workers or max(1, min(len(todo), (os.cpu_count() or 2)))

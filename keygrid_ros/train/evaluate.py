@@ -170,6 +170,7 @@ def score_sequence(seq: MeshSequence, pred: FramePredictions, num_ground_truth: 
         'source': seq.source,
         'garment': seq.garment,
         'motion': seq.motion,
+        'fold': seq.info.get('fold') if seq.motion == 'fold' else None,  # the simulator's fold kind
         'frames': len(pred.frames),
         'das': parts.das,
         'das_correspondence': parts.das,
@@ -195,7 +196,7 @@ def _mean(values) -> float:
 
 
 def summarize(per_sequence: list[dict[str, Any]]) -> dict[str, Any]:
-    """Average the per-sequence scores (overall and per motion); pool the mIoU counts."""
+    """Average the per-sequence scores (overall, per motion and per fold kind); pool the mIoU counts."""
     keys = ('das', 'das_correspondence', 'das_reference_frame', 'das_forward', 'das_backward')
     summary: dict[str, Any] = {key: _mean(s[key] for s in per_sequence) for key in keys}
     counts = [metrics.IoUCounts(**s['miou_counts']) for s in per_sequence if 'miou_counts' in s]
@@ -204,14 +205,20 @@ def summarize(per_sequence: list[dict[str, Any]]) -> dict[str, Any]:
     for key in ('lateral_fraction', 'side_consistency'):
         if any(key in s for s in per_sequence):
             summary[key] = _mean(s.get(key) for s in per_sequence)
+    summary['by_motion'] = _grouped(per_sequence, lambda s: s['motion'] or 'unknown', keys[:3])
+    # Fold kinds differ in difficulty (a half fold lays one side exactly on the other): report each.
+    folds = [s for s in per_sequence if s.get('fold')]
+    if folds:
+        summary['by_fold'] = _grouped(folds, lambda s: s['fold'], keys[:3])
+    return summary
+
+
+def _grouped(per_sequence: list[dict[str, Any]], group_of: Callable[[dict], str], keys) -> dict[str, dict]:
     groups: dict[str, list[dict]] = defaultdict(list)
     for s in per_sequence:
-        groups[s['motion'] or 'unknown'].append(s)
-    summary['by_motion'] = {
-        motion: {**{key: _mean(s[key] for s in group) for key in keys[:3]}, 'sequences': len(group)}
-        for motion, group in sorted(groups.items())
-    }
-    return summary
+        groups[group_of(s)].append(s)
+    return {name: {**{key: _mean(s[key] for s in group) for key in keys}, 'sequences': len(group)}
+            for name, group in sorted(groups.items())}
 
 
 def evaluate_paths(

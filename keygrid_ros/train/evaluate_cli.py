@@ -7,7 +7,8 @@ mIoU at 0.1 when the files have ground-truth keypoints. ``--noise``, ``--points`
 input (robustness protocol); ``--sweep`` runs the paper's whole robustness sweep and writes a PNG and a JSON.
 
 With ``--json`` the last stdout line is one JSON object: ``das``, ``das_reference_frame``, ``das_correspondence``,
-``das_forward``, ``das_backward``, ``miou``, ``frames``, ``by_motion``, ``sequences`` (per-sequence results),
+``das_forward``, ``das_backward``, ``miou``, ``frames``, ``by_motion``, ``by_fold`` (per fold kind, when the files
+are simulated folds), ``sequences`` (per-sequence results),
 ``model``, ``perturbation``, ``points`` (and ``robustness``, ``plot`` with ``--sweep``).
 """
 
@@ -112,8 +113,10 @@ def print_table(report: dict) -> None:
     for s in report['sequences']:
         print(f'{Path(s["source"]).name[:50]:50s} {s["motion"][:8]:8s} {s["frames"]:6d} {s["das"]:7.1f} '
               f'{s["das_reference_frame"]:7.1f}')
-    for motion, scores in report['by_motion'].items():
-        print(f'{"mean " + motion:50s} {"":8s} {"":6s} {scores["das"]:7.1f} {scores["das_reference_frame"]:7.1f}')
+    groups = [(motion, scores) for motion, scores in report['by_motion'].items()]
+    groups += [(f'fold ({kind})', scores) for kind, scores in report.get('by_fold', {}).items()]
+    for name, scores in groups:
+        print(f'{"mean " + name:50s} {"":8s} {"":6s} {scores["das"]:7.1f} {scores["das_reference_frame"]:7.1f}')
     print(f'DAS {report["das"]:.1f} (protocol B, correspondence; forward {report["das_forward"]:.1f}, backward '
           f'{report["das_backward"]:.1f}), reference-frame DAS {report["das_reference_frame"]:.1f} (protocol A)')
     if report.get('miou') is not None:
