@@ -172,3 +172,29 @@ def test_evaluation_does_not_depend_on_the_order_of_the_files(files):
     backward = evaluate_paths(keypoint_fn, paths[::-1], num_points=128)
     assert [s['source'] for s in forward['sequences']] == [s['source'] for s in backward['sequences']]
     assert forward['das'] == backward['das']
+
+
+def test_landmark_oracle_tracks_the_ground_truth_and_scores_full_marks_on_rigid_motion(tmp_path, capsys):
+    from keygrid_ros.train.evaluate import landmark_predictions
+
+    # A sheet that only moves rigidly: every landmark keeps its nearest ground-truth vertex, so the ceiling is 100.
+    rigid = sheet(frames=6)
+    shift = np.linspace(0, 0.5, 6, dtype=np.float32)[:, None, None] * np.array([1.0, 0.5, -0.2], np.float32)
+    rigid.vertices = rigid.vertices[:1] + shift
+    rigid.keypoints = rigid.keypoints[:1] + shift
+    save_sequence(tmp_path / 'rigid.npz', rigid)
+    pred = landmark_predictions(rigid, num_keypoints=3, max_frames=4)
+    assert pred.keypoints.shape == (4, 3, 3)
+    chosen = [int(np.argmin(np.linalg.norm(rigid.keypoints[0] - k, axis=1))) for k in pred.keypoints[0]]
+    assert len(set(chosen)) == 3 and np.allclose(pred.keypoints, rigid.keypoints[:4, chosen])
+    assert main(['evaluate', '--baseline', 'landmarks', '--num-keypoints', '3', '--data', str(tmp_path / 'rigid.npz'),
+                 '--json']) == 0
+    report = last_json(capsys)
+    assert report['das'] == pytest.approx(100.0) and report['model'] == 'baseline:landmarks'
+
+
+def test_landmark_oracle_refuses_perturbations_and_files_without_landmarks(files, capsys):
+    assert main(['evaluate', '--baseline', 'landmarks', '--data', str(files['fold']), '--se3']) == 2
+    assert 'do not apply' in capsys.readouterr().err
+    assert main(['evaluate', '--baseline', 'landmarks', '--data', str(files['drop'])]) == 2
+    assert 'no ground-truth landmarks' in capsys.readouterr().err

@@ -124,6 +124,42 @@ def extreme_point_keypoint_fn(num_keypoints: int = 8) -> KeypointFn:
     return keypoint_fn
 
 
+def landmark_predictions(seq: MeshSequence, num_keypoints: int = 8, max_frames: int | None = None) -> FramePredictions:
+    """The ceiling of a perfect semantic detector: ``num_keypoints`` of the file's ground-truth landmarks.
+
+    The landmarks are chosen by farthest point sampling on the first frame and followed through every frame,
+    so each keypoint is exactly the same spot of the garment in every frame. What keeps this oracle under
+    100 is the metric: protocol B's ground truth is other vertices, and where the cloth lies on itself (a
+    fold) a landmark is as near to the vertex under it as to its own. A goal above this number asks more
+    than tracking the garment perfectly.
+    """
+    if seq.keypoints is None:
+        raise ValueError(f'{seq.source}: no ground-truth landmarks (the landmark oracle needs simulated files)')
+    count = min(seq.frames, max_frames or seq.frames)
+    chosen = metrics.fps_vertex_indices(seq.keypoints[0], num_keypoints)  # (K,) landmark indices
+    keypoints = seq.keypoints[:count, chosen].astype(np.float64)  # (T, K, 3)
+    # The vertex each landmark sits on (for the side diagnostics): nearest on the first frame, then by index.
+    first = seq.vertices[0].astype(np.float64)
+    on_vertex = np.linalg.norm(first[None] - keypoints[0][:, None], axis=-1).argmin(1)  # (K,)
+    return FramePredictions(np.arange(count), keypoints, np.tile(on_vertex, (count, 1)),
+                            np.tile(np.arange(seq.num_vertices), (count, 1)))
+
+
+def evaluate_landmark_oracle(paths: Sequence[str | Path], num_keypoints: int = 8, max_frames: int | None = None,
+                             num_ground_truth: int | None = None,
+                             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """:func:`evaluate_paths` for :func:`landmark_predictions` (no model, no sampling, no perturbation)."""
+    per_sequence = []
+    for path in sorted(sequence_files(paths), key=str):
+        seq = load_sequence(path)
+        result = score_sequence(seq, landmark_predictions(seq, num_keypoints, max_frames), num_ground_truth)
+        per_sequence.append(result)
+        if progress:
+            progress(f'{path}: DAS {result["das"]:.1f} (reference frame {result["das_reference_frame"]:.1f}), '
+                     f'{result["frames"]} frames, landmark oracle')
+    return {**summarize(per_sequence), 'points': None, 'sequences': per_sequence}
+
+
 def predict_frames(
     keypoint_fn: KeypointFn,
     dataset: SequenceDataset,

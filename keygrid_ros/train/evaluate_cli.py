@@ -23,9 +23,11 @@ import sys
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument('--model', help='model file (.safetensors)')
-    source.add_argument('--baseline', choices=('extreme-points',),
-                        help='score a training-free reference detector instead: keypoint k = the input point '
-                             'farthest along fixed direction k (the 8 cube corners for K = 8)')
+    source.add_argument('--baseline', choices=('extreme-points', 'landmarks'),
+                        help="score a reference instead of a model. 'extreme-points': training-free, keypoint k = "
+                             "the input point farthest along fixed direction k (the 8 cube corners for K = 8). "
+                             "'landmarks': the ceiling of a perfect detector, K ground-truth landmarks of the "
+                             'file tracked exactly (simulated files only; no perturbations)')
     parser.add_argument('--num-keypoints', type=int, default=8, help='K of --baseline (default 8)')
     parser.add_argument('--keypoints', choices=('file', 'hard', 'soft'), default='file',
                         help="'hard': snapped to the input point of largest weight (the released test mode), "
@@ -63,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     from ..model.io import ModelFileError
     from . import evaluate
 
+    if args.baseline == 'landmarks':
+        return run_landmark_oracle(args)
     if args.baseline:
         keypoint_fn, trained_points = evaluate.extreme_point_keypoint_fn(args.num_keypoints), 2048
         label = f'baseline:{args.baseline}'
@@ -100,7 +104,33 @@ def run(args: argparse.Namespace) -> int:
         print(f'keygrid evaluate: {exc}', file=sys.stderr)
         return 2
 
-    if args.json:
+    return print_report(report, args.json)
+
+
+def run_landmark_oracle(args: argparse.Namespace) -> int:
+    """``--baseline landmarks``: score the file's own landmarks (:func:`evaluate.landmark_predictions`)."""
+    from ..data.sequences import SequenceFormatError
+    from . import evaluate
+
+    if args.noise or args.points or args.se3 or args.sweep:
+        print('keygrid evaluate: --baseline landmarks reads the ground truth, so --noise, --points, --se3 and '
+              '--sweep do not apply to it', file=sys.stderr)
+        return 2
+    try:
+        report = evaluate.evaluate_landmark_oracle(
+            args.data, args.num_keypoints, args.max_frames,
+            progress=lambda message: print(message, file=sys.stderr if args.json else sys.stdout, flush=True))
+    except (SequenceFormatError, FileNotFoundError, ValueError) as exc:
+        print(f'keygrid evaluate: {exc}', file=sys.stderr)
+        return 2
+    report.update(model='baseline:landmarks', keypoints='ground truth')
+    return print_report(report, args.json)
+
+
+def print_report(report: dict, as_json: bool) -> int:
+    from . import evaluate
+
+    if as_json:
         print(evaluate.to_json(report), flush=True)
     else:
         print_table(report)
