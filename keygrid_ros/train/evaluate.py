@@ -125,13 +125,15 @@ def extreme_point_keypoint_fn(num_keypoints: int = 8) -> KeypointFn:
 
 
 def landmark_predictions(seq: MeshSequence, num_keypoints: int = 8, max_frames: int | None = None) -> FramePredictions:
-    """The ceiling of a perfect semantic detector: ``num_keypoints`` of the file's ground-truth landmarks.
+    """A perfect landmark tracker: ``num_keypoints`` of the file's ground-truth landmarks, tracked exactly.
 
-    The landmarks are chosen by farthest point sampling on the first frame and followed through every frame,
-    so each keypoint is exactly the same spot of the garment in every frame. What keeps this oracle under
-    100 is the metric: protocol B's ground truth is other vertices, and where the cloth lies on itself (a
-    fold) a landmark is as near to the vertex under it as to its own. A goal above this number asks more
-    than tracking the garment perfectly.
+    The landmarks (collar, hems, sleeve ends, ...) are chosen by farthest point sampling on the first frame
+    and followed through every frame, so each keypoint is exactly the same spot of the garment in every
+    frame. What keeps this oracle under 100 is the metric: protocol B's ground truth is other vertices (FPS
+    on the first frame), and where the cloth lies on itself (a fold) a landmark can be as near to the
+    ground-truth vertex under it as to its own. It is not a bound on every detector (one that happened to
+    pick the ground-truth vertices would score 100), but a DAS goal above it asks a detector to beat exact
+    tracking of the garment's own landmarks.
     """
     if seq.keypoints is None:
         raise ValueError(f'{seq.source}: no ground-truth landmarks (the landmark oracle needs simulated files)')
