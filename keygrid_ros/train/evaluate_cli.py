@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument('--baseline', choices=('extreme-points', 'landmarks'),
                         help="score a reference instead of a model. 'extreme-points': training-free, keypoint k = "
                              "the input point farthest along fixed direction k (the 8 cube corners for K = 8). "
-                             "'landmarks': the ceiling of a perfect detector, K ground-truth landmarks of the "
-                             'file tracked exactly (simulated files only; no perturbations)')
+                             "'landmarks': a perfect landmark tracker, K ground-truth landmarks of the file "
+                             'tracked exactly (simulated files only; no perturbations)')
     parser.add_argument('--num-keypoints', type=int, default=8, help='K of --baseline (default 8)')
     parser.add_argument('--keypoints', choices=('file', 'hard', 'soft'), default='file',
                         help="'hard': snapped to the input point of largest weight (the released test mode), "
