@@ -134,3 +134,21 @@ def test_qos_mapping():
     assert Policy.Durability.Volatile in reliable and Policy.WriterDataLifecycle(autodispose=False) in reliable
     assert Policy.Durability.TransientLocal in ros_qos('tf_static', 1)
     assert Policy.IgnoreLocal.Participant in ros_qos('graph', 1, reader=True)
+
+
+def test_plain_messages_and_dds_types_declare_the_same_fields_in_the_same_order():
+    """messages.py (no DDS needed) and dds/types.py (wire widths) define each type twice, on purpose: this
+    keeps the two in step, so a field added to one and not the other fails here, not on a robot."""
+    import dataclasses
+    import inspect
+
+    from keygrid_ros import messages
+
+    plain = {cls.ROS_TYPE: cls for _, cls in inspect.getmembers(messages, inspect.isclass)
+             if dataclasses.is_dataclass(cls) and getattr(cls, 'ROS_TYPE', None)}
+    assert len(plain) >= 20
+    for ros_type, cls in plain.items():
+        assert ros_type in T.BY_ROS_TYPE, ros_type
+        ours = [f.name for f in dataclasses.fields(cls)]
+        wire = [f.name for f in dataclasses.fields(T.BY_ROS_TYPE[ros_type])]
+        assert ours == wire, ros_type
