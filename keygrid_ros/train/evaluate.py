@@ -124,6 +124,19 @@ def extreme_point_keypoint_fn(num_keypoints: int = 8) -> KeypointFn:
     return keypoint_fn
 
 
+def sorted_sequence_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The sequence files under ``paths``, sorted. Each frame's point sample is drawn from (seed, its position
+    in the list), so the same files in another order would score differently by the sampling noise alone
+    (about 1 DAS point per sequence)."""
+    return sorted(sequence_files(paths), key=str)
+
+
+def score_line(path: str | Path, result: dict[str, Any], setting: str) -> str:
+    """One progress line per scored sequence."""
+    return (f'{path}: DAS {result["das"]:.1f} (reference frame {result["das_reference_frame"]:.1f}), '
+            f'{result["frames"]} frames, {setting}')
+
+
 def landmark_predictions(seq: MeshSequence, num_keypoints: int = 8, max_frames: int | None = None) -> FramePredictions:
     """A perfect landmark tracker: ``num_keypoints`` of the file's ground-truth landmarks, tracked exactly.
 
@@ -152,13 +165,12 @@ def evaluate_landmark_oracle(paths: Sequence[str | Path], num_keypoints: int = 8
                              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """:func:`evaluate_paths` for :func:`landmark_predictions` (no model, no sampling, no perturbation)."""
     per_sequence = []
-    for path in sorted(sequence_files(paths), key=str):
+    for path in sorted_sequence_files(paths):
         seq = load_sequence(path)
         result = score_sequence(seq, landmark_predictions(seq, num_keypoints, max_frames), num_ground_truth)
         per_sequence.append(result)
         if progress:
-            progress(f'{path}: DAS {result["das"]:.1f} (reference frame {result["das_reference_frame"]:.1f}), '
-                     f'{result["frames"]} frames, landmark oracle')
+            progress(score_line(path, result, 'landmark oracle'))
     return {**summarize(per_sequence), 'points': None, 'sequences': per_sequence}
 
 
@@ -274,11 +286,8 @@ def evaluate_paths(
     Returns the summary (:func:`summarize`) with ``sequences``, the per-sequence results.
     """
     perturbation = perturbation or Perturbation()
-    # Sorted: each frame's point sample is drawn from (seed, its position in the list), so the same files in
-    # another order would score differently, by the sampling noise alone (about 1 DAS point per sequence).
-    files = sorted(sequence_files(paths), key=str)
-    dataset = SequenceDataset(files, num_points=num_points, augment=perturbation.augment(), seed=perturbation.seed,
-                              max_frames=max_frames, cache_size=1, keypoints=False)
+    dataset = SequenceDataset(sorted_sequence_files(paths), num_points=num_points, augment=perturbation.augment(),
+                              seed=perturbation.seed, max_frames=max_frames, cache_size=1, keypoints=False)
     per_sequence = []
     for i, path in enumerate(dataset.files):
         seq = load_sequence(path)
@@ -286,8 +295,7 @@ def evaluate_paths(
         result = score_sequence(seq, pred, num_ground_truth)
         per_sequence.append(result)
         if progress:
-            progress(f'{path}: DAS {result["das"]:.1f} (reference frame {result["das_reference_frame"]:.1f}), '
-                     f'{result["frames"]} frames, {perturbation.label()}')
+            progress(score_line(path, result, perturbation.label()))
     return {**summarize(per_sequence), 'perturbation': asdict(perturbation),
             'points': perturbation.points or num_points, 'sequences': per_sequence}
 
