@@ -15,6 +15,7 @@ are simulated folds), ``sequences`` (per-sequence results),
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 import sys
@@ -62,69 +63,73 @@ def load_keypoint_fn(model_path: str, device: str = 'auto', hard: bool | None = 
 
 def run(args: argparse.Namespace) -> int:
     from ..data.sequences import SequenceFormatError
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    if args.baseline == 'landmarks':
+        if args.noise or args.points or args.se3 or args.sweep:
+            print('keygrid evaluate: --baseline landmarks reads the ground truth, so --noise, --points, --se3 and '
+                  '--sweep do not apply to it', file=sys.stderr)
+            return 2
+        compute = functools.partial(landmark_report, args, say)
+    else:
+        detector = load_detector(args)
+        if detector is None:
+            return 2
+        compute = functools.partial(detector_report, args, *detector, say)
+    try:
+        report = compute()
+    except (SequenceFormatError, FileNotFoundError, ValueError) as exc:
+        print(f'keygrid evaluate: {exc}', file=sys.stderr)
+        return 2
+    return print_report(report, args.json)
+
+
+def load_detector(args: argparse.Namespace):
+    """(:data:`KeypointFn`, the point count it was trained on, its label), or None after printing why not."""
     from ..model.io import ModelFileError
     from . import evaluate
 
-    if args.baseline == 'landmarks':
-        return run_landmark_oracle(args)
     if args.baseline:
-        keypoint_fn, trained_points = evaluate.extreme_point_keypoint_fn(args.num_keypoints), 2048
-        label = f'baseline:{args.baseline}'
-    else:
-        try:
-            hard = {'file': None, 'hard': True, 'soft': False}[args.keypoints]
-            keypoint_fn, model = load_keypoint_fn(args.model, args.device, hard)
-        except (ModelFileError, OSError) as exc:
-            print(f'keygrid evaluate: {exc}', file=sys.stderr)
-            return 2
-        trained_points = model.config.num_points
-        label = str(args.model)
+        return evaluate.extreme_point_keypoint_fn(args.num_keypoints), 2048, f'baseline:{args.baseline}'
+    try:
+        hard = {'file': None, 'hard': True, 'soft': False}[args.keypoints]
+        keypoint_fn, model = load_keypoint_fn(args.model, args.device, hard)
+    except (ModelFileError, OSError) as exc:
+        print(f'keygrid evaluate: {exc}', file=sys.stderr)
+        return None
+    return keypoint_fn, model.config.num_points, str(args.model)
+
+
+def detector_report(args: argparse.Namespace, keypoint_fn, trained_points: int, label: str, say) -> dict:
+    """Score a detector on ``args.data`` under the requested perturbation (and the sweep with ``--sweep``)."""
+    from . import evaluate
+
     # --points below the training count downsamples the usual sample; above it samples more points directly.
     num_points = max(trained_points, args.points or 0)
     points = args.points if args.points and args.points < num_points else None
     perturbation = evaluate.Perturbation(noise=args.noise, points=points, se3=args.se3, seed=args.seed)
     common = dict(batch_size=args.batch_size, max_frames=args.max_frames)
-
-    def say(message: str) -> None:
-        print(message, file=sys.stderr if args.json else sys.stdout, flush=True)
-
-    try:
-        report = evaluate.evaluate_paths(keypoint_fn, args.data, num_points, perturbation, progress=say, **common)
-        report['model'] = label
-        report['keypoints'] = args.keypoints
-        if args.sweep:
-            sweep = evaluate.robustness_sweep(keypoint_fn, args.data, num_points, seed=args.seed, **common)
-            prefix = Path(args.sweep_out)
-            plot = evaluate.plot_sweep(sweep, prefix.with_name(prefix.name + '.png'), title=Path(label).name)
-            sweep_json = prefix.with_name(prefix.name + '.json')
-            sweep_json.write_text(json.dumps(json.loads(evaluate.to_json({'model': label, **sweep})),
-                                             indent=1) + '\n')
-            report.update(robustness=sweep, plot=str(plot), robustness_json=str(sweep_json))
-    except (SequenceFormatError, FileNotFoundError, ValueError) as exc:
-        print(f'keygrid evaluate: {exc}', file=sys.stderr)
-        return 2
-
-    return print_report(report, args.json)
+    report = evaluate.evaluate_paths(keypoint_fn, args.data, num_points, perturbation, progress=say, **common)
+    report['model'] = label
+    report['keypoints'] = args.keypoints
+    if args.sweep:
+        sweep = evaluate.robustness_sweep(keypoint_fn, args.data, num_points, seed=args.seed, **common)
+        prefix = Path(args.sweep_out)
+        plot = evaluate.plot_sweep(sweep, prefix.with_name(prefix.name + '.png'), title=Path(label).name)
+        sweep_json = prefix.with_name(prefix.name + '.json')
+        sweep_json.write_text(json.dumps(json.loads(evaluate.to_json({'model': label, **sweep})), indent=1) + '\n')
+        report.update(robustness=sweep, plot=str(plot), robustness_json=str(sweep_json))
+    return report
 
 
-def run_landmark_oracle(args: argparse.Namespace) -> int:
-    """``--baseline landmarks``: score the file's own landmarks (:func:`evaluate.landmark_predictions`)."""
-    from ..data.sequences import SequenceFormatError
+def landmark_report(args: argparse.Namespace, say) -> dict:
+    """``--baseline landmarks``: score the files' own landmarks (:func:`evaluate.landmark_predictions`)."""
     from . import evaluate
 
-    if args.noise or args.points or args.se3 or args.sweep:
-        print('keygrid evaluate: --baseline landmarks reads the ground truth, so --noise, --points, --se3 and '
-              '--sweep do not apply to it', file=sys.stderr)
-        return 2
-    try:
-        report = evaluate.evaluate_landmark_oracle(
-            args.data, args.num_keypoints, args.max_frames,
-            progress=lambda message: print(message, file=sys.stderr if args.json else sys.stdout, flush=True))
-    except (SequenceFormatError, FileNotFoundError, ValueError) as exc:
-        print(f'keygrid evaluate: {exc}', file=sys.stderr)
-        return 2
-    report.update(model='baseline:landmarks', keypoints='ground truth')
-    return print_report(report, args.json)
+    report = evaluate.evaluate_landmark_oracle(args.data, args.num_keypoints, args.max_frames, progress=say)
+    return {**report, 'model': 'baseline:landmarks', 'keypoints': 'ground truth'}
 
 
 def print_report(report: dict, as_json: bool) -> int:
