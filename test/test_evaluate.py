@@ -132,6 +132,29 @@ def test_score_sequence_of_the_ground_truth_is_perfect(files):
     assert scores['ground_truth_vertices'] == gt_vertices.tolist()
 
 
+def test_timeline_finds_the_frame_where_a_keypoint_switches(files, capsys):
+    """Ground-truth keypoints, except that keypoint 2 jumps onto ground-truth vertex 4 from frame 3 on."""
+    seq = load_sequence(files['fold'])
+    gt, gt_vertices = metrics.correspondence_ground_truth(seq.vertices, 6)
+    keypoints = gt.copy()
+    keypoints[3:, 2] = gt[3:, 4]
+    T = seq.frames
+    pred = evaluate.FramePredictions(np.arange(T), keypoints, np.tile(gt_vertices, (T, 1)),
+                                     np.tile(gt_vertices, (T, 1)))
+    scores = evaluate.score_sequence(seq, pred)
+    assert scores['switches'] == [0, 0, 1, 0, 0, 0]
+    assert scores['timeline'][2] == [[2, 0, 2], [4, 3, T - 1]]
+    assert scores['timeline'][0] == [[0, 0, T - 1]]
+    assert evaluate.summarize([scores])['switches'] == pytest.approx(1 / 6)
+
+    # The CLI prints the runs under each sequence with --timeline.
+    assert main(['evaluate', '--model', str(files['model']), '--data', str(files['fold']), '--device', 'cpu',
+                 '--timeline']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    runs = [line for line in lines if line.strip().startswith('kp')]
+    assert len(runs) == TINY.num_keypoints and all('gt' in line for line in runs)
+
+
 def test_robustness_sweep_json_and_plot(files, tmp_path, capsys):
     prefix = tmp_path / 'sweep'
     assert main(['evaluate', '--model', str(files['model']), '--data', str(files['fold']), '--json', '--device',

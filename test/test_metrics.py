@@ -90,6 +90,14 @@ def test_single_swapped_pair_moves_the_score_by_the_right_amount():
     assert metrics.das_skeleton_merger(swapped_ref, gt).das == pytest.approx(expected)
 
 
+def test_label_runs_hand_case():
+    labels = np.array([[1, 0], [1, 0], [3, 0], [3, 2], [1, 2]])
+    assert metrics.label_runs(labels) == [[(1, 0, 1), (3, 2, 3), (1, 4, 4)], [(0, 0, 2), (2, 3, 4)]]
+    assert metrics.label_runs(np.array([[7]])) == [[(7, 0, 0)]]
+    with pytest.raises(ValueError, match='shape'):
+        metrics.label_runs(np.zeros(3, dtype=int))
+
+
 def test_closed_form_matches_skeleton_merger_loops(rng):
     T, K, M = 7, 5, 6
     kp = rng.normal(size=(T, K, 3))

@@ -229,6 +229,11 @@ def score_sequence(seq: MeshSequence, pred: FramePredictions, num_ground_truth: 
         'das_backward': parts.backward,
         'ground_truth_vertices': gt_vertices.tolist(),
     }
+    # Where consistency is lost: each keypoint's nearest ground-truth id frame by frame, as runs.
+    runs = metrics.label_runs(metrics.nearest_index(kp, gt))
+    result['switches'] = [len(r) - 1 for r in runs]
+    result['timeline'] = [[[gt_id, int(pred.frames[first]), int(pred.frames[last])] for gt_id, first, last in r]
+                          for r in runs]
     if seq.keypoints is not None:
         clouds = np.take_along_axis(vertices, pred.sample_indices[..., None], axis=1)  # clean sampled points
         counts = metrics.iou_counts(kp, seq.keypoints[pred.frames], metrics.MIOU_THRESHOLD, cloud=clouds)
@@ -252,6 +257,7 @@ def summarize(per_sequence: list[dict[str, Any]]) -> dict[str, Any]:
     counts = [metrics.IoUCounts(**s['miou_counts']) for s in per_sequence if 'miou_counts' in s]
     summary['miou'] = sum(counts, metrics.IoUCounts()).miou if counts else None
     summary['frames'] = int(sum(s['frames'] for s in per_sequence))
+    summary['switches'] = _mean(np.mean(s['switches']) for s in per_sequence)  # per keypoint and sequence
     for key in ('lateral_fraction', 'side_consistency'):
         if any(key in s for s in per_sequence):
             summary[key] = _mean(s.get(key) for s in per_sequence)

@@ -7,8 +7,10 @@ mIoU at 0.1 when the files have ground-truth keypoints. ``--noise``, ``--points`
 input (robustness protocol); ``--sweep`` runs the paper's whole robustness sweep and writes a PNG and a JSON.
 
 With ``--json`` the last stdout line is one JSON object: ``das``, ``das_reference_frame``, ``das_correspondence``,
-``das_forward``, ``das_backward``, ``miou``, ``frames``, ``by_motion``, ``by_fold`` (per fold kind, when the files
-are simulated folds), ``sequences`` (per-sequence results),
+``das_forward``, ``das_backward``, ``miou``, ``frames``, ``switches`` (mean per keypoint and sequence: how often a
+keypoint's nearest ground-truth vertex changes), ``by_motion``, ``by_fold`` (per fold kind, when the files
+are simulated folds), ``sequences`` (per-sequence results, with ``switches`` per keypoint and ``timeline``: per
+keypoint the runs ``[ground-truth id, first frame, last frame]`` of its nearest ground-truth vertex),
 ``model``, ``perturbation``, ``points`` (and ``robustness``, ``plot`` with ``--sweep``).
 """
 
@@ -49,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', ... (default: auto)")
     parser.add_argument('--batch-size', type=int, default=16, help='frames per forward pass (default: 16)')
     parser.add_argument('--max-frames', type=int, default=None, help='use only the first N frames of each sequence')
+    parser.add_argument('--timeline', action='store_true',
+                        help="print each keypoint's nearest ground-truth vertex frame by frame, as runs "
+                             "('gt3 0-61 | gt5 62-127': it switched at frame 62); always in the JSON")
 
 
 def load_keypoint_fn(model_path: str, device: str = 'auto', hard: bool | None = None):
@@ -83,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     except (SequenceFormatError, FileNotFoundError, ValueError) as exc:
         print(f'keygrid evaluate: {exc}', file=sys.stderr)
         return 2
-    return print_report(report, args.json)
+    return print_report(report, args.json, args.timeline)
 
 
 def load_detector(args: argparse.Namespace):
@@ -132,22 +137,25 @@ def landmark_report(args: argparse.Namespace, say) -> dict:
     return {**report, 'model': 'baseline:landmarks', 'keypoints': 'ground truth'}
 
 
-def print_report(report: dict, as_json: bool) -> int:
+def print_report(report: dict, as_json: bool, timeline: bool = False) -> int:
     from . import evaluate
 
     if as_json:
         print(evaluate.to_json(report), flush=True)
     else:
-        print_table(report)
+        print_table(report, timeline)
     return 0
 
 
-def print_table(report: dict) -> None:
-    """Human-readable summary."""
-    print(f'{"sequence":50s} {"motion":8s} {"frames":>6s} {"DAS(B)":>7s} {"DAS(A)":>7s}')
+def print_table(report: dict, timeline: bool = False) -> None:
+    """Human-readable summary; with ``timeline`` each keypoint's runs under its sequence."""
+    print(f'{"sequence":50s} {"motion":8s} {"frames":>6s} {"DAS(B)":>7s} {"DAS(A)":>7s} {"switches":>8s}')
     for s in report['sequences']:
         print(f'{Path(s["source"]).name[:50]:50s} {s["motion"][:8]:8s} {s["frames"]:6d} {s["das"]:7.1f} '
-              f'{s["das_reference_frame"]:7.1f}')
+              f'{s["das_reference_frame"]:7.1f} {sum(s["switches"]):8d}')
+        if timeline:
+            for k, runs in enumerate(s['timeline']):
+                print(f'    kp{k}: ' + ' | '.join(f'gt{gt} {first}-{last}' for gt, first, last in runs))
     groups = [(motion, scores) for motion, scores in report['by_motion'].items()]
     groups += [(f'fold ({kind})', scores) for kind, scores in report.get('by_fold', {}).items()]
     for name, scores in groups:

@@ -84,6 +84,24 @@ def pair_agreement(labels: np.ndarray, num_labels: int) -> np.ndarray:
     return ((counts / T) ** 2).sum(-1)
 
 
+def label_runs(labels: np.ndarray) -> list[list[tuple[int, int, int]]]:
+    """Runs of equal labels down each column: ``labels`` (T, C) -> per column ``[(label, first row, last row), ...]``.
+
+    Applied to the forward labels of protocol B (each keypoint's nearest ground-truth id per frame) it is the
+    keypoint's timeline: a consistent keypoint has one run, and every extra run is a switch to another spot.
+    """
+    array = np.asarray(labels)
+    if array.ndim != 2 or array.shape[0] < 1:
+        raise ValueError(f'labels must have shape (T, C) with T >= 1, got {array.shape}')
+    runs = []
+    for column in array.T:
+        change = np.flatnonzero(column[1:] != column[:-1]) + 1  # first row of every run but the first
+        firsts = np.concatenate([[0], change])
+        lasts = np.concatenate([change - 1, [len(column) - 1]])
+        runs.append([(int(column[first]), int(first), int(last)) for first, last in zip(firsts, lasts)])
+    return runs
+
+
 def das_reference_frame(keypoints: np.ndarray) -> float:
     """Protocol A (SC3K): ``keypoints`` (T, K, 3) -> DAS in [0, 100]. Needs T >= 2.
 
