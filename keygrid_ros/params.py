@@ -76,8 +76,11 @@ DETECT_PARAMS: tuple[ParamSpec, ...] = (
     _p('device', 'auto', "Inference device: 'auto' uses the GPU when torch sees one and the CPU "
        "otherwise (with a warning), or an explicit torch device such as 'cpu' or 'cuda:0'.",
        read_only=True),
-    _p('hard_keypoints', True, 'Snap each keypoint to the input point of largest weight (the '
-       'released Key-Grid test mode); false gives the soft weighted mean.', read_only=True),
+    _p('keypoint_mode', 'snapped', "How each keypoint is read from its weights over the input points: "
+       "'snapped' moves the weighted mean to the nearest input point (on the garment, and steadier: 7 DAS "
+       "points above 'hard' on held-out T-shirts); 'hard' takes the point of largest weight (the released "
+       "Key-Grid test mode); 'soft' keeps the weighted mean, which can lie off the cloth.",
+       choices=('snapped', 'hard', 'soft'), read_only=True),
     _p('compile', True, 'torch.compile the Key-Grid encoder at start-up: about 20 s once (less with a warm '
        'compiler cache), then about 1.6x faster per frame on a CPU. Falls back to eager mode, with a '
        'warning, where compilation is unavailable or fails.', read_only=True),

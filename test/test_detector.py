@@ -22,11 +22,12 @@ def points():
     return read_xyz(synthetic_cloud(), skip_nans=False)
 
 
-def test_keypoints_lie_on_the_garment_in_the_target_frame(points):
-    detection = Detector(StubModel())(points, table_from_camera())
+@pytest.mark.parametrize('mode', ['snapped', 'hard'])
+def test_keypoints_lie_on_the_garment_in_the_target_frame(points, mode):
+    detection = Detector(StubModel(), keypoint_mode=mode)(points, table_from_camera())
     assert detection.ok, detection.reason
     assert detection.keypoints.shape == (8, 3)
-    # Hard mode: keypoints are input points of the isolated garment...
+    # Snapped and hard modes: keypoints are input points of the isolated garment...
     gaps = np.linalg.norm(detection.keypoints[:, None] - detection.points[None], axis=-1).min(axis=1)
     assert gaps.max() < 1e-6
     # ...which lie on the cloth, except the synthetic camera's flying pixels at the garment border (up to 5 %
@@ -48,9 +49,32 @@ def test_soft_mode_denormalises_the_model_answer(points):
             keypoints, weights, strengths = super().predict(pts)
             return np.zeros_like(keypoints), weights, strengths  # the centre of the normalised cube
 
-    detection = Detector(Centre(), hard_keypoints=False)(points, table_from_camera())
+    detection = Detector(Centre(), keypoint_mode='soft')(points, table_from_camera())
     lo, hi = detection.points.min(), detection.points.max()
     assert np.allclose(detection.keypoints, (lo + hi) / 2, atol=1e-5)  # scalar min/max normalisation
+
+
+def test_keypoint_modes_read_the_weights_as_documented(points):
+    """Weights peak on input point 5 while the weighted mean sits between input points 0 and 1."""
+    class Split(StubModel):
+        def predict(self, pts):
+            _, weights, strengths = super().predict(pts)
+            keypoints = np.repeat(0.5 * (pts[:1] + pts[1:2]), self.num_keypoints, axis=0)  # (K, 3) normalised
+            weights = np.zeros_like(weights)
+            weights[:, 5] = 1.0
+            return keypoints, weights, strengths
+
+    cloud = {mode: Detector(Split(), keypoint_mode=mode)(points, table_from_camera())
+             for mode in ('hard', 'soft', 'snapped')}
+    model_input = cloud['hard'].points  # (N, 3) target frame, the model's input in its order
+    np.testing.assert_allclose(cloud['hard'].keypoints, np.repeat(model_input[5:6], 8, 0), atol=1e-6)
+    np.testing.assert_allclose(cloud['soft'].keypoints, np.repeat(0.5 * (model_input[:1] + model_input[1:2]), 8, 0),
+                               atol=1e-5)
+    # Snapped: the input point nearest to the weighted mean, by brute force.
+    nearest = min(range(len(model_input)), key=lambda i: np.linalg.norm(model_input[i] - cloud['soft'].keypoints[0]))
+    np.testing.assert_allclose(cloud['snapped'].keypoints, np.repeat(model_input[nearest:nearest + 1], 8, 0))
+    with pytest.raises(ValueError, match='keypoint_mode'):
+        Detector(StubModel(), keypoint_mode='argmax')
 
 
 def test_smoothing_and_reset_when_the_garment_is_lost(points):

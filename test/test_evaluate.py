@@ -97,16 +97,18 @@ def test_evaluate_errors_name_the_file(files, tmp_path, capsys):
     assert 'missing.safetensors' in capsys.readouterr().err
 
 
-def test_predict_writes_keypoints_in_input_coordinates(files, tmp_path):
+@pytest.mark.parametrize('mode', ['file', 'snapped'])
+def test_predict_writes_keypoints_in_input_coordinates(files, tmp_path, mode):
     out = tmp_path / 'kp.npz'
     assert main(['predict', '--model', str(files['model']), '--data', str(files['fold']), '--out', str(out),
-                 '--device', 'cpu']) == 0
+                 '--device', 'cpu', '--keypoints', mode]) == 0
     with np.load(out) as kp:
         keypoints, names, vertex_ids = kp['keypoints'], kp['keypoint_names'], kp['vertex_indices']
     seq = load_sequence(files['fold'])
     assert keypoints.dtype == np.float32 and keypoints.shape == (seq.frames, TINY.num_keypoints, 3)
     assert names.tolist() == NAMES
-    # Hard keypoints are input points: each one sits on a mesh vertex of its own frame, in metres.
+    # Hard (the file's mode) and snapped keypoints are input points: each one sits on a mesh vertex of its own
+    # frame, in metres.
     on_vertex = np.take_along_axis(seq.vertices, vertex_ids[..., None], axis=1)
     np.testing.assert_allclose(keypoints, on_vertex, atol=1e-5)
 

@@ -300,11 +300,12 @@ def test_a_failed_compile_falls_back_to_the_eager_model(tmp_path, monkeypatch, c
 
 def test_a_student_with_hard_keypoints_gets_one_warning_saying_what_to_set(caplog):
     with caplog.at_level(logging.WARNING):
-        DetectorNode({'model_type': 'useek'}, lambda *_: None, model=StubModel())
+        DetectorNode({'model_type': 'useek', 'keypoint_mode': 'hard'}, lambda *_: None, model=StubModel())
     (warning,) = [r for r in caplog.records if 'useek' in r.getMessage()]
-    assert 'hard_keypoints:=false' in warning.getMessage()
+    assert 'keypoint_mode:=snapped' in warning.getMessage()
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        DetectorNode({'model_type': 'useek', 'hard_keypoints': False}, lambda *_: None, model=StubModel())
-        DetectorNode({}, lambda *_: None, model=StubModel())
+        DetectorNode({'model_type': 'useek'}, lambda *_: None, model=StubModel())  # default: snapped
+        DetectorNode({'model_type': 'useek', 'keypoint_mode': 'soft'}, lambda *_: None, model=StubModel())
+        DetectorNode({'keypoint_mode': 'hard'}, lambda *_: None, model=StubModel())
     assert not [r for r in caplog.records if 'useek' in r.getMessage()]

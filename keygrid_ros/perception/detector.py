@@ -1,12 +1,12 @@
 """The detector: one cloud (points + transform) in, garment keypoints in the target frame out.
 
-    detector = Detector(model, PreprocessConfig.from_params(values), device='cpu', hard_keypoints=True)
+    detector = Detector(model, PreprocessConfig.from_params(values), device='cpu', keypoint_mode='snapped')
     detection = detector(points, transform)        # points (N, 3) or (H, W, 3) sensor frame, NaN allowed
     if detection.ok: detection.keypoints            # (K, 3) target frame, metres
 
 Stages: preprocess (``Preprocessor``: crop, table, cluster, FPS, normalise) -> model (anything with the
 :class:`KeypointModel` surface; :func:`load_model` adapts the model package's inference wrapper) ->
-postprocess (hard snap, denormalise, confidence from the weight distribution, optional smoothing, garment
+postprocess (keypoint mode, denormalise, confidence from the weight distribution, optional smoothing, garment
 pose). Failures are not exceptions: :attr:`Detection.reason` says why, so the node keeps
 going and can tell the user. No ROS types here.
 """
@@ -30,6 +30,12 @@ LOG = logging.getLogger(__name__)
 
 #: Model types the node accepts (``model_type`` parameter); both go through the same KeypointModel surface.
 MODEL_TYPES = ('keygrid', 'useek')
+
+#: How a keypoint is read from its weights over the input points (``keypoint_mode`` parameter):
+#: 'snapped' the weighted mean moved to the nearest input point (on the garment, and as steady as the mean:
+#: 7 DAS points above 'hard' on held-out T-shirts, docs/results.md); 'hard' the point of largest weight
+#: (the released Key-Grid test mode); 'soft' the weighted mean itself (may lie off the cloth, between sleeves).
+KEYPOINT_MODES = ('snapped', 'hard', 'soft')
 
 
 class ModelLoadError(RuntimeError):
@@ -130,7 +136,7 @@ def load_model(path: str | Path, model_type: str = 'keygrid', device: str = 'cpu
     """Load a safetensors model file for inference; raises :class:`ModelLoadError` naming the path.
 
     Goes through the model package's inference wrapper, asking for *soft* weights: the detector snaps
-    keypoints to points itself (``hard_keypoints``) and needs the weight distribution for the confidence.
+    keypoints to points itself (``keypoint_mode``) and needs the weight distribution for the confidence.
     ``compile`` asks for a ``torch.compile``d Key-Grid encoder (compiled on the first call). Never unpickles
     anything.
     """
@@ -156,10 +162,12 @@ class Detector:
     """
 
     def __init__(self, model: KeypointModel, config: PreprocessConfig | None = None, device: str = 'cpu',
-                 hard_keypoints: bool = True, smoothing: float = 0.0):
+                 keypoint_mode: str = 'snapped', smoothing: float = 0.0):
+        if keypoint_mode not in KEYPOINT_MODES:
+            raise ValueError(f'keypoint_mode {keypoint_mode!r} is not one of {list(KEYPOINT_MODES)}')
         self.model = model
         self.device = device
-        self.hard_keypoints = hard_keypoints
+        self.keypoint_mode = keypoint_mode
         self.preprocess = Preprocessor(config or PreprocessConfig(), device=device)
         self.smoother = KeypointSmoother(smoothing)
         names = getattr(model, 'keypoint_names', None)
@@ -219,11 +227,14 @@ class Detector:
         k = keypoints_n.shape[0]
         if self._names is None or len(self._names) != k:
             self._names = default_names(k)
-        if self.hard_keypoints:
+        if self.keypoint_mode == 'hard':
             # The released test-time mode: each keypoint is the input point of largest weight.
             keypoints = pre.points[np.argmax(weights, axis=1)].astype(np.float64)
         else:
             keypoints = pre.normalization.invert(keypoints_n.astype(np.float64))
+            if self.keypoint_mode == 'snapped':  # the input point nearest to the weighted mean
+                nearest = ((keypoints[:, None, :] - pre.points[None, :, :]) ** 2).sum(-1).argmin(1)  # (K,)
+                keypoints = pre.points[nearest].astype(np.float64)
         keypoints = self.smoother(keypoints)
         confidence = keypoint_confidence(weights)
         up = None

@@ -287,13 +287,13 @@ class DetectorNode:
             compiled = merged['compile'] and warmup  # compiling happens in the warm-up, never on a live frame
             model = self._load_model(path, merged['model_type'], device, compiled)
         self.detector = Detector(model, _preprocess_config(merged), device=device,
-                                 hard_keypoints=merged['hard_keypoints'], smoothing=merged['smoothing'])
-        if merged['model_type'] == 'useek' and merged['hard_keypoints']:
+                                 keypoint_mode=merged['keypoint_mode'], smoothing=merged['smoothing'])
+        if merged['model_type'] == 'useek' and merged['keypoint_mode'] == 'hard':
             # Not an error (hard keypoints are points on the cloth), but not what the student was measured in.
-            self.logger.warning('model_type useek with hard_keypoints: true snaps each keypoint to its arg-max '
+            self.logger.warning('model_type useek with keypoint_mode: hard snaps each keypoint to its arg-max '
                                 'point; on a mirror-symmetric garment that lands on either side at random (held-out '
-                                'T-shirt DAS 48 instead of 67 with the weighted means). Set hard_keypoints:=false '
-                                "for the student's own mode (models/README.md).")
+                                'T-shirt DAS 48 instead of 67 with the weighted means). Set keypoint_mode:=snapped '
+                                "or soft for the student's own weighted means (models/README.md).")
         if warmup:
             try:
                 ms = self.detector.warmup()

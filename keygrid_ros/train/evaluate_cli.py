@@ -32,9 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "'landmarks': a perfect landmark tracker, K ground-truth landmarks of the file "
                              'tracked exactly (simulated files only; no perturbations)')
     parser.add_argument('--num-keypoints', type=int, default=8, help='K of --baseline (default 8)')
-    parser.add_argument('--keypoints', choices=('file', 'hard', 'soft'), default='file',
-                        help="'hard': snapped to the input point of largest weight (the released test mode), "
-                             "'soft': the weighted mean, 'file': the model file's setting (default)")
+    add_keypoint_mode_argument(parser)
     parser.add_argument('--data', required=True, nargs='+', metavar='PATH',
                         help='sequence files (.npz, Key-Grid .txt), OBJ frame folders, or folders of sequences')
     parser.add_argument('--json', action='store_true', help='print one JSON object as the last stdout line')
@@ -56,14 +54,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "('gt3 0-61 | gt5 62-127': it switched at frame 62); always in the JSON")
 
 
-def load_keypoint_fn(model_path: str, device: str = 'auto', hard: bool | None = None):
+def add_keypoint_mode_argument(parser: argparse.ArgumentParser) -> None:
+    """``--keypoints``, shared by evaluate and predict."""
+    parser.add_argument('--keypoints', choices=('file', 'hard', 'soft', 'snapped'), default='file',
+                        help="'hard': the input point of largest weight (the released test mode), 'soft': the "
+                             "weighted mean, 'snapped': the weighted mean moved to the nearest input point (the "
+                             "node's default keypoint_mode), 'file': the model file's setting (default; hard for "
+                             'Key-Grid files, soft for students)')
+
+
+def load_keypoint_fn(model_path: str, device: str = 'auto', mode: str = 'file'):
     """A model file (Key-Grid or USEEK student, told apart by the file) -> (:data:`KeypointFn`, the model).
 
-    ``hard``: snapped or weighted-mean keypoints (None: the file's setting)."""
+    ``mode``: 'hard', 'soft', 'snapped' (the soft keypoints moved to their nearest input point, as the node's
+    ``keypoint_mode: snapped``) or 'file' (the file's own setting)."""
+    import torch
+
     from ..model.student import load_keypoint_model
 
+    if mode not in ('file', 'hard', 'soft', 'snapped'):
+        raise ValueError(f'keypoint mode {mode!r} is not file, hard, soft or snapped')
+    hard = {'file': None, 'hard': True, 'soft': False, 'snapped': False}[mode]
     model = load_keypoint_model(model_path, device=device, hard=hard)
-    return (lambda points: model.predict(points).keypoints), model
+
+    def keypoint_fn(points):  # (B, N, 3) -> (B, K, 3)
+        keypoints = model.predict(points).keypoints
+        if mode != 'snapped':
+            return keypoints
+        points = points.to(keypoints.device, keypoints.dtype)
+        nearest = torch.cdist(keypoints, points).argmin(-1)  # (B, K)
+        return torch.gather(points, 1, nearest.unsqueeze(-1).expand(-1, -1, 3))
+
+    return keypoint_fn, model
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,8 +121,7 @@ def load_detector(args: argparse.Namespace):
     if args.baseline:
         return evaluate.extreme_point_keypoint_fn(args.num_keypoints), 2048, f'baseline:{args.baseline}'
     try:
-        hard = {'file': None, 'hard': True, 'soft': False}[args.keypoints]
-        keypoint_fn, model = load_keypoint_fn(args.model, args.device, hard)
+        keypoint_fn, model = load_keypoint_fn(args.model, args.device, args.keypoints)
     except (ModelFileError, OSError) as exc:
         print(f'keygrid evaluate: {exc}', file=sys.stderr)
         return None

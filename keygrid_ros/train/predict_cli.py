@@ -6,8 +6,8 @@ code. ``KP.npz`` holds:
 
 - ``keypoints`` float32 (T, K, 3), metres, the sequence file's frame;
 - ``keypoint_names`` (K,) strings, the model's names;
-- ``vertex_indices`` int64 (T, K): the mesh vertex each keypoint sits on (hard keypoints) or is nearest to
-  among the sampled ones;
+- ``vertex_indices`` int64 (T, K): the mesh vertex each keypoint sits on (hard and snapped keypoints) or is
+  nearest to among the sampled ones;
 - ``frames`` int64 (T,).
 """
 
@@ -19,6 +19,8 @@ import sys
 
 import numpy as np
 
+from .evaluate_cli import add_keypoint_mode_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--model', required=True, help='model file (.safetensors)')
@@ -27,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--seed', type=int, default=0, help='seed of the point sampling (default: 0)')
     parser.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', ... (default: auto)")
     parser.add_argument('--batch-size', type=int, default=16, help='frames per forward pass (default: 16)')
+    add_keypoint_mode_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from .evaluate_cli import load_keypoint_fn
 
     try:
-        keypoint_fn, model = load_keypoint_fn(args.model, args.device)
+        keypoint_fn, model = load_keypoint_fn(args.model, args.device, args.keypoints)
     except (ModelFileError, OSError) as exc:
         print(f'keygrid predict: {exc}', file=sys.stderr)
         return 2
