@@ -252,3 +252,16 @@ def test_max_steps_inside_an_epoch_exports_and_resumes(data_dir, tmp_path):
     assert (state['epoch'], state['batch_in_epoch'], state['step']) == (0, 3, 3)
     resumed = trainer.train(TrainConfig(**{**config, 'max_steps': 12}), resume=True)
     assert (resumed.step, resumed.epoch, resumed.clouds_seen) == (12, 1, 24)
+
+
+def test_resume_finds_a_run_by_folder_checkpoint_or_name(tmp_path, monkeypatch):
+    run = tmp_path / 'runs' / 'shirt'
+    run.mkdir(parents=True)
+    (run / runtime.CHECKPOINT).write_bytes(b'')
+    config = TrainConfig(out_dir=str(tmp_path / 'runs'))
+    single = runtime.Distributed()
+    assert runtime.run_directory(config, str(run), single) == run
+    assert runtime.run_directory(config, str(run / runtime.CHECKPOINT), single) == run
+    monkeypatch.chdir(tmp_path)  # 'shirt' is not a path from here, only a run name under out_dir
+    assert runtime.run_directory(config, 'shirt', single) == run
+    assert runtime.run_directory(config, 'missing', single) == Path('missing')  # the trainer then says so

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('overrides', nargs='*', metavar='KEY=VALUE',
                         help='override settings, e.g. epochs=10 lr=0.05 model.grid_resolution=[16,16,16]')
     parser.add_argument('--resume', nargs='?', const=True, default=False, metavar='RUN',
-                        help='continue a run exactly: its folder or checkpoint, or (bare) the run named by '
+                        help='continue a run exactly: its folder, checkpoint or run name, or (bare) the run named by '
                              'run_name / the newest run under out_dir')
 
 

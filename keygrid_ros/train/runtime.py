@@ -136,9 +136,12 @@ def configure_runtime(config, ddp: Distributed) -> tuple[torch.device, torch.dty
 
 
 def run_directory(config, resume: bool | str, ddp: Distributed) -> Path:
-    """The run folder: given by ``--resume PATH``, named by ``run_name``, or the newest run (bare ``--resume``)."""
+    """The run folder: given by ``--resume PATH`` (a run folder, its checkpoint, or a run name under ``out_dir``),
+    named by ``run_name``, or the newest run (bare ``--resume``)."""
     if isinstance(resume, str) and resume:
         path = Path(resume)
+        if not path.exists() and (Path(config.out_dir) / resume).is_dir():
+            path = Path(config.out_dir) / resume  # a run name, as given to run_name
         run_dir = path.parent if path.is_file() else path
     elif config.run_name:
         run_dir = Path(config.out_dir) / config.run_name
