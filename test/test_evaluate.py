@@ -148,6 +148,8 @@ def test_timeline_finds_the_frame_where_a_keypoint_switches(files, capsys):
     assert scores['timeline'][2] == [[2, 0, 2], [4, 3, T - 1]]
     assert scores['timeline'][0] == [[0, 0, T - 1]]
     assert evaluate.summarize([scores])['switches'] == pytest.approx(1 / 6)
+    # Frames 3+ reach 5 of the 6 ground-truth vertices (keypoints 2 and 4 share one), frames 0-2 all 6.
+    assert scores['coverage'] == pytest.approx((3 * 6 + (T - 3) * 5) / T / 6)
 
     # The CLI prints the runs under each sequence with --timeline.
     assert main(['evaluate', '--model', str(files['model']), '--data', str(files['fold']), '--device', 'cpu',

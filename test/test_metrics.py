@@ -90,6 +90,21 @@ def test_single_swapped_pair_moves_the_score_by_the_right_amount():
     assert metrics.das_skeleton_merger(swapped_ref, gt).das == pytest.approx(expected)
 
 
+def test_collapsed_keypoints_score_full_das_b_and_are_caught_by_coverage():
+    """DAS (B)'s blind spot: K keypoints piled on ground-truth vertex 0 in every frame agree with themselves
+    perfectly (forward), and every ground-truth point keeps the same nearest keypoint (backward, ties to the
+    lowest index). Coverage sees 1 of M ids per frame; the ground truth itself covers all M."""
+    T, K = 5, 4
+    verts = deforming_grid(frames=T)
+    gt, _ = metrics.correspondence_ground_truth(verts, K)
+    collapsed = np.repeat(gt[:, :1], K, axis=1)  # (T, K, 3)
+    assert metrics.das_skeleton_merger(collapsed, gt).das == pytest.approx(100.0)
+    assert metrics.coverage(metrics.nearest_index(collapsed, gt), K) == pytest.approx(1 / K)
+    assert metrics.coverage(metrics.nearest_index(gt, gt), K) == pytest.approx(1.0)
+    # Hand case: frame 0 reaches ids {0, 1}, frame 1 reaches {2}: (2 + 1) / 2 / 4.
+    assert metrics.coverage(np.array([[0, 1, 1], [2, 2, 2]]), 4) == pytest.approx(3 / 8)
+
+
 def test_label_runs_hand_case():
     labels = np.array([[1, 0], [1, 0], [3, 0], [3, 2], [1, 2]])
     assert metrics.label_runs(labels) == [[(1, 0, 1), (3, 2, 3), (1, 4, 4)], [(0, 0, 2), (2, 3, 4)]]

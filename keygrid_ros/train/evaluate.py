@@ -230,7 +230,9 @@ def score_sequence(seq: MeshSequence, pred: FramePredictions, num_ground_truth: 
         'ground_truth_vertices': gt_vertices.tolist(),
     }
     # Where consistency is lost: each keypoint's nearest ground-truth id frame by frame, as runs.
-    runs = metrics.label_runs(metrics.nearest_index(kp, gt))
+    forward_ids = metrics.nearest_index(kp, gt)  # (T, K)
+    result['coverage'] = metrics.coverage(forward_ids, gt.shape[1])  # collapsed keypoints score DAS (B) high
+    runs = metrics.label_runs(forward_ids)
     result['switches'] = [len(r) - 1 for r in runs]
     result['timeline'] = [[[gt_id, int(pred.frames[first]), int(pred.frames[last])] for gt_id, first, last in r]
                           for r in runs]
@@ -258,6 +260,7 @@ def summarize(per_sequence: list[dict[str, Any]]) -> dict[str, Any]:
     summary['miou'] = sum(counts, metrics.IoUCounts()).miou if counts else None
     summary['frames'] = int(sum(s['frames'] for s in per_sequence))
     summary['switches'] = _mean(np.mean(s['switches']) for s in per_sequence)  # per keypoint and sequence
+    summary['coverage'] = _mean(s['coverage'] for s in per_sequence)
     for key in ('lateral_fraction', 'side_consistency'):
         if any(key in s for s in per_sequence):
             summary[key] = _mean(s.get(key) for s in per_sequence)

@@ -7,11 +7,13 @@ mIoU at 0.1 when the files have ground-truth keypoints. ``--noise``, ``--points`
 input (robustness protocol); ``--sweep`` runs the paper's whole robustness sweep and writes a PNG and a JSON.
 
 With ``--json`` the last stdout line is one JSON object: ``das``, ``das_reference_frame``, ``das_correspondence``,
-``das_forward``, ``das_backward``, ``miou``, ``frames``, ``switches`` (mean per keypoint and sequence: how often a
-keypoint's nearest ground-truth vertex changes), ``by_motion``, ``by_fold`` (per fold kind, when the files
-are simulated folds), ``sequences`` (per-sequence results, with ``switches`` per keypoint and ``timeline``: per
-keypoint the runs ``[ground-truth id, first frame, last frame]`` of its nearest ground-truth vertex),
-``model``, ``perturbation``, ``points`` (and ``robustness``, ``plot`` with ``--sweep``).
+``das_forward``, ``das_backward``, ``miou``, ``frames``, ``coverage`` (per frame, the share of the ground-truth
+vertices that some keypoint is nearest to: collapsed keypoints score DAS (B) high and coverage low),
+``switches`` (mean per keypoint and sequence: how often a keypoint's nearest ground-truth vertex changes),
+``by_motion``, ``by_fold`` (per fold kind, when the files are simulated folds), ``sequences`` (per-sequence
+results, with ``switches`` per keypoint and ``timeline``: per keypoint the runs ``[ground-truth id, first
+frame, last frame]`` of its nearest ground-truth vertex), ``model``, ``perturbation``, ``points`` (and
+``robustness``, ``plot`` with ``--sweep``).
 """
 
 from __future__ import annotations
@@ -183,6 +185,8 @@ def print_table(report: dict, timeline: bool = False) -> None:
         print(f'{"mean " + name:50s} {"":8s} {"":6s} {scores["das"]:7.1f} {scores["das_reference_frame"]:7.1f}')
     print(f'DAS {report["das"]:.1f} (protocol B, correspondence; forward {report["das_forward"]:.1f}, backward '
           f'{report["das_backward"]:.1f}), reference-frame DAS {report["das_reference_frame"]:.1f} (protocol A)')
+    print(f'coverage {report["coverage"]:.2f} (share of the ground-truth vertices some keypoint is nearest to, '
+          'per frame; collapsed keypoints score DAS (B) high and coverage low)')
     if report.get('miou') is not None:
         print(f'mIoU@0.1: {report["miou"]:.1f}')
     if 'plot' in report:

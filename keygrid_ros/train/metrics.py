@@ -33,6 +33,9 @@ cloud (when a cloud is given); over a whole set of frames, ``npos`` = number of 
 predictions with no ground-truth point within it; ``mIoU = 100 * (npos - FN) / (npos + FP)``. Distances are
 in whatever units the caller passes; the released protocol uses the original (un-normalised) coordinates.
 
+**Coverage** (a diagnostic): per frame, the number of distinct ground-truth ids the keypoints are nearest to,
+over M, averaged over frames. Collapsed keypoints (all on one spot) score DAS (B) high and coverage 1/M.
+
 **Side consistency** (a diagnostic, not in the literature): on a garment whose landmarks come in left/right
 pairs (``*_l`` / ``*_r``), each mesh vertex gets a signed lateral coordinate from its rest pose (frame 0);
 a keypoint is *lateral* in a frame when its nearest vertex lies off the central band (``|lateral| >
@@ -82,6 +85,21 @@ def pair_agreement(labels: np.ndarray, num_labels: int) -> np.ndarray:
     counts = np.zeros((C, num_labels), dtype=np.float64)
     np.add.at(counts, (np.broadcast_to(np.arange(C), (T, C)), labels), 1.0)
     return ((counts / T) ** 2).sum(-1)
+
+
+def coverage(labels: np.ndarray, num_labels: int) -> float:
+    """Share of the ground-truth ids the keypoints are nearest to, per frame, averaged: ``labels`` (T, K)
+    forward labels in ``[0, num_labels)`` -> [0, 1].
+
+    Protocol B cannot see a collapse: K keypoints piled on one spot keep one nearest ground-truth id each,
+    frame after frame, and score high. Coverage can: such keypoints reach 1 of M ids, spread ones up to
+    ``min(K, M) / M``. Read every DAS (B) next to it.
+    """
+    array = np.asarray(labels)
+    if array.ndim != 2 or array.shape[0] < 1:
+        raise ValueError(f'labels must have shape (T, K) with T >= 1, got {array.shape}')
+    distinct = [len(np.unique(row)) for row in array]
+    return float(np.mean(distinct)) / num_labels
 
 
 def label_runs(labels: np.ndarray) -> list[list[tuple[int, int, int]]]:
