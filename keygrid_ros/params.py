@@ -65,6 +65,10 @@ def _p(name, default, description, **kw) -> ParamSpec:
     return ParamSpec(name, default, description, **kw)
 
 
+#: How a keypoint is read from its weights over the input points (``keypoint_mode``); the first is the default.
+#: One list for the node, the detector and ``keygrid evaluate/predict --keypoints``.
+KEYPOINT_MODES = ('snapped', 'hard', 'soft')
+
 #: Every parameter of the detector node, in the order the README lists them.
 DETECT_PARAMS: tuple[ParamSpec, ...] = (
     # --- model (read-only: changing them means restarting the node) ---
@@ -80,7 +84,7 @@ DETECT_PARAMS: tuple[ParamSpec, ...] = (
        "'snapped' moves the weighted mean to the nearest input point (on the garment, and steadier: 7 DAS "
        "points above 'hard' on held-out T-shirts); 'hard' takes the point of largest weight (the released "
        "Key-Grid test mode); 'soft' keeps the weighted mean, which can lie off the cloth.",
-       choices=('snapped', 'hard', 'soft'), read_only=True),
+       choices=KEYPOINT_MODES, read_only=True),
     _p('compile', True, 'torch.compile the Key-Grid encoder at start-up: about 20 s once (less with a warm '
        'compiler cache), then about 1.6x faster per frame on a CPU. Falls back to eager mode, with a '
        'warning, where compilation is unavailable or fails.', read_only=True),

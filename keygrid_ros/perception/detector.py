@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from keygrid_ros.params import KEYPOINT_MODES
 from keygrid_ros.perception.plane import Plane
 from keygrid_ros.perception.postprocess import KeypointSmoother, garment_pose, keypoint_confidence
 from keygrid_ros.perception.preprocess import PreprocessConfig, Preprocessor
@@ -31,11 +32,10 @@ LOG = logging.getLogger(__name__)
 #: Model types the node accepts (``model_type`` parameter); both go through the same KeypointModel surface.
 MODEL_TYPES = ('keygrid', 'useek')
 
-#: How a keypoint is read from its weights over the input points (``keypoint_mode`` parameter):
-#: 'snapped' the weighted mean moved to the nearest input point (on the garment, and as steady as the mean:
-#: 7 DAS points above 'hard' on held-out T-shirts, docs/results.md); 'hard' the point of largest weight
-#: (the released Key-Grid test mode); 'soft' the weighted mean itself (may lie off the cloth, between sleeves).
-KEYPOINT_MODES = ('snapped', 'hard', 'soft')
+# KEYPOINT_MODES (``keypoint_mode``): 'snapped' the weighted mean moved to the nearest input point (on the
+# garment, and as steady as the mean: 7 DAS points above 'hard' on held-out T-shirts, docs/results.md);
+# 'hard' the point of largest weight (the released Key-Grid test mode); 'soft' the weighted mean itself
+# (may lie off the cloth, between sleeves).
 
 
 class ModelLoadError(RuntimeError):

@@ -24,6 +24,8 @@ import json
 from pathlib import Path
 import sys
 
+from ..params import KEYPOINT_MODES
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
@@ -58,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_keypoint_mode_argument(parser: argparse.ArgumentParser) -> None:
     """``--keypoints``, shared by evaluate and predict."""
-    parser.add_argument('--keypoints', choices=('file', 'hard', 'soft', 'snapped'), default='file',
+    parser.add_argument('--keypoints', choices=('file', *KEYPOINT_MODES), default='file',
                         help="'hard': the input point of largest weight (the released test mode), 'soft': the "
                              "weighted mean, 'snapped': the weighted mean moved to the nearest input point (the "
                              "node's default keypoint_mode), 'file': the model file's setting (default; hard for "
@@ -74,9 +76,9 @@ def load_keypoint_fn(model_path: str, device: str = 'auto', mode: str = 'file'):
 
     from ..model.student import load_keypoint_model
 
-    if mode not in ('file', 'hard', 'soft', 'snapped'):
-        raise ValueError(f'keypoint mode {mode!r} is not file, hard, soft or snapped')
-    hard = {'file': None, 'hard': True, 'soft': False, 'snapped': False}[mode]
+    if mode != 'file' and mode not in KEYPOINT_MODES:
+        raise ValueError(f'keypoint mode {mode!r} is not file or one of {list(KEYPOINT_MODES)}')
+    hard = None if mode == 'file' else mode == 'hard'  # snapped: the soft keypoints, snapped below
     model = load_keypoint_model(model_path, device=device, hard=hard)
 
     def keypoint_fn(points):  # (B, N, 3) -> (B, K, 3)
