@@ -170,7 +170,9 @@ def test_robustness_sweep_json_and_plot(files, tmp_path, capsys):
     assert [e['points'] for e in sweep['points']] == [128]  # only levels below the model's 256 points
     for entry in [sweep['clean'], sweep['se3'], *sweep['noise'], *sweep['points']]:
         assert 0 <= entry['das'] <= 100 and 0 <= entry['das_reference_frame'] <= 100
+        assert 0 < entry['coverage'] <= 1  # a perturbation that collapses the keypoints shows here
     assert report['robustness']['clean']['das'] == pytest.approx(report['das'])
+    assert report['robustness']['clean']['coverage'] == pytest.approx(report['coverage'])
 
 
 def test_extreme_point_baseline_picks_the_farthest_point_along_each_corner_direction(rng):

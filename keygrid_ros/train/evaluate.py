@@ -327,7 +327,8 @@ def robustness_sweep(
 
     def run(perturbation: Perturbation) -> dict[str, Any]:
         report = evaluate_paths(keypoint_fn, paths, num_points, perturbation, **kwargs)
-        return {key: report[key] for key in ('das', 'das_reference_frame', 'das_correspondence', 'by_motion')}
+        keys = ('das', 'das_reference_frame', 'das_correspondence', 'coverage', 'by_motion')  # coverage: collapse
+        return {key: report[key] for key in keys}
 
     sweep: dict[str, Any] = {'clean': run(Perturbation(seed=seed)), 'clean_points': num_points}
     point_levels = [n for n in point_levels if n < num_points]  # downsampling only
