@@ -66,6 +66,14 @@ def _as_sequence(keypoints: np.ndarray, name: str = 'keypoints') -> np.ndarray:
     return array
 
 
+def _as_labels(labels: np.ndarray) -> np.ndarray:
+    """Check per-frame labels ``(T, C)`` with at least one frame (the forward ids of protocol B)."""
+    array = np.asarray(labels)
+    if array.ndim != 2 or array.shape[0] < 1:
+        raise ValueError(f'labels must have shape (T, C) with T >= 1, got {array.shape}')
+    return array
+
+
 def nearest_index(queries: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """For each query the index of its nearest target: ``(T, P, 3)`` x ``(T, Q, 3)`` -> ``(T, P)`` int64.
 
@@ -95,10 +103,7 @@ def coverage(labels: np.ndarray, num_labels: int) -> float:
     frame after frame, and score high. Coverage can: such keypoints reach 1 of M ids, spread ones up to
     ``min(K, M) / M``. Read every DAS (B) next to it.
     """
-    array = np.asarray(labels)
-    if array.ndim != 2 or array.shape[0] < 1:
-        raise ValueError(f'labels must have shape (T, K) with T >= 1, got {array.shape}')
-    distinct = [len(np.unique(row)) for row in array]
+    distinct = [len(np.unique(row)) for row in _as_labels(labels)]
     return float(np.mean(distinct)) / num_labels
 
 
@@ -108,11 +113,8 @@ def label_runs(labels: np.ndarray) -> list[list[tuple[int, int, int]]]:
     Applied to the forward labels of protocol B (each keypoint's nearest ground-truth id per frame) it is the
     keypoint's timeline: a consistent keypoint has one run, and every extra run is a switch to another spot.
     """
-    array = np.asarray(labels)
-    if array.ndim != 2 or array.shape[0] < 1:
-        raise ValueError(f'labels must have shape (T, C) with T >= 1, got {array.shape}')
     runs = []
-    for column in array.T:
+    for column in _as_labels(labels).T:
         change = np.flatnonzero(column[1:] != column[:-1]) + 1  # first row of every run but the first
         firsts = np.concatenate([[0], change])
         lasts = np.concatenate([change - 1, [len(column) - 1]])
