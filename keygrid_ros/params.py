@@ -66,6 +66,9 @@ def _p(name, default, description, **kw) -> ParamSpec:
 
 
 #: How a keypoint is read from its weights over the input points (``keypoint_mode``); the first is the default.
+#: 'snapped': the weighted mean moved to the nearest input point (on the garment, and as steady as the mean:
+#: 7 DAS points above 'hard' on held-out T-shirts, docs/results.md); 'hard': the point of largest weight (the
+#: released Key-Grid test mode); 'soft': the weighted mean itself (may lie off the cloth, between sleeves).
 #: One list for the node, the detector and ``keygrid evaluate/predict --keypoints``.
 KEYPOINT_MODES = ('snapped', 'hard', 'soft')
 

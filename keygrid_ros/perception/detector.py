@@ -32,11 +32,6 @@ LOG = logging.getLogger(__name__)
 #: Model types the node accepts (``model_type`` parameter); both go through the same KeypointModel surface.
 MODEL_TYPES = ('keygrid', 'useek')
 
-# KEYPOINT_MODES (``keypoint_mode``): 'snapped' the weighted mean moved to the nearest input point (on the
-# garment, and as steady as the mean: 7 DAS points above 'hard' on held-out T-shirts, docs/results.md);
-# 'hard' the point of largest weight (the released Key-Grid test mode); 'soft' the weighted mean itself
-# (may lie off the cloth, between sleeves).
-
 
 class ModelLoadError(RuntimeError):
     """The model file is missing, unreadable, or not a model of the requested type (message names the path)."""
