@@ -72,6 +72,11 @@ def _p(name, default, description, **kw) -> ParamSpec:
 #: One list for the node, the detector and ``keygrid evaluate/predict --keypoints``.
 KEYPOINT_MODES = ('snapped', 'hard', 'soft')
 
+#: How a cloud is turned before a Key-Grid model (``keygrid evaluate/predict --canonicalize``): 'none' (as
+#: given; its z must be up, as in training), 'up' (turned so that the up its own shape shows is +z) or
+#: 'frame' (into its principal axes: up to +z, the longest axis to +x); keygrid_ros/model/canonical.py.
+CANONICALIZATIONS = ('none', 'up', 'frame')
+
 #: Every parameter of the detector node, in the order the README lists them.
 DETECT_PARAMS: tuple[ParamSpec, ...] = (
     # --- model (read-only: changing them means restarting the node) ---
@@ -88,6 +93,12 @@ DETECT_PARAMS: tuple[ParamSpec, ...] = (
        "points above 'hard' on held-out T-shirts); 'hard' takes the point of largest weight (the released "
        "Key-Grid test mode); 'soft' keeps the weighted mean, which can lie off the cloth.",
        choices=KEYPOINT_MODES, read_only=True),
+    _p('canonicalize', 'none', "Turn each garment cloud into a pose read from its own shape before a Key-Grid "
+       "model, for a target_frame whose z is not up (no trustworthy TF, a hand-held camera): 'frame' (its "
+       "principal axes: relief-signed up to +z, longest axis to +x) makes Key-Grid SE(3)-invariant (held-out "
+       "T-shirt DAS 68 at any pose, 21 without; 80.5 with z up and 'none'); 'up' fixes only the tilt; 'none' "
+       "uses the cloud as given. Ignored by the already invariant useek student.", choices=CANONICALIZATIONS,
+       read_only=True),
     _p('compile', True, 'torch.compile the Key-Grid encoder at start-up: about 20 s once (less with a warm '
        'compiler cache), then about 1.6x faster per frame on a CPU. Falls back to eager mode, with a '
        'warning, where compilation is unavailable or fails.', read_only=True),

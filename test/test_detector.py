@@ -116,6 +116,15 @@ def test_random_keygrid_model_file_end_to_end(points, tmp_path):
     assert 0 < detection.confidence.max() < 1  # soft weights reached the confidence
 
 
+def test_canonicalize_reaches_the_key_grid_model_and_is_validated(points, tmp_path):
+    path = random_keygrid_file(tmp_path / 'random.safetensors')
+    model = load_model(path, device='cpu', canonicalize='frame')
+    assert model.model.canonicalize == 'frame'  # the wrapper turns clouds itself (test_canonical.py)
+    assert Detector(model, PreprocessConfig(num_points=512))(points, table_from_camera()).ok
+    with pytest.raises(ModelLoadError, match='canonicalize'):
+        load_model(path, device='cpu', canonicalize='gravity')
+
+
 def test_model_loading_errors_name_the_file(tmp_path):
     with pytest.raises(ModelLoadError, match='not found'):
         load_model(tmp_path / 'missing.safetensors')

@@ -227,3 +227,16 @@ def test_landmark_oracle_refuses_perturbations_and_files_without_landmarks(files
     assert 'do not apply' in capsys.readouterr().err
     assert main(['evaluate', '--baseline', 'landmarks', '--data', str(files['drop'])]) == 2
     assert 'no ground-truth landmarks' in capsys.readouterr().err
+
+
+def test_canonicalize_is_reported_and_refused_for_students(files, tmp_path, capsys):
+    from keygrid_ros.model.sprin import SPRINConfig, SPRINSeg
+    from keygrid_ros.model.student import save_student
+
+    args = ['evaluate', '--model', str(files['model']), '--data', str(files['fold']), '--json', '--device', 'cpu',
+            '--canonicalize', 'frame']
+    assert main(args) == 0
+    assert last_json(capsys)['canonicalize'] == 'frame'
+    student = save_student(tmp_path / 'student.safetensors', SPRINSeg(SPRINConfig.tiny()), teacher={'file': 't'})
+    assert main(['evaluate', '--model', str(student), '--data', str(files['fold']), '--canonicalize', 'up']) == 2
+    assert 'SE(3)-invariant' in capsys.readouterr().err

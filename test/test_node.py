@@ -281,14 +281,16 @@ def test_a_failed_compile_falls_back_to_the_eager_model(tmp_path, monkeypatch, c
 
     requested = []
 
-    def load(path, model_type, device, compile=False):  # noqa: A002 - the real keyword's name
+    def load(path, model_type, device, compile=False, canonicalize='none'):  # noqa: A002 - the real keyword's name
         requested.append(compile)
+        assert canonicalize == 'frame'  # the parameter reaches the loader, also on the eager retry
         return StubModel(fail=compile)  # the compiled model blows up on its first call, as inductor can
 
     monkeypatch.setattr(node_module, 'load_model', load)
     (tmp_path / 'm.safetensors').write_bytes(b'stub')
     with caplog.at_level(logging.WARNING):
-        node = DetectorNode({'model_path': str(tmp_path / 'm.safetensors')}, lambda *_: None)
+        node = DetectorNode({'model_path': str(tmp_path / 'm.safetensors'), 'canonicalize': 'frame'},
+                            lambda *_: None)
     assert requested == [True, False]
     assert not node.detector.model.fail
     assert any('torch.compile failed' in r.getMessage() for r in caplog.records)

@@ -295,7 +295,7 @@ def fake_ros(monkeypatch):
                     'builtin_interfaces', 'tf2_msgs'):
         module(package)
         module(f'{package}.msg')
-    monkeypatch.setattr('keygrid_ros.ros.node.load_model', lambda path, model_type, device, compile=False: StubModel())
+    monkeypatch.setattr('keygrid_ros.ros.node.load_model', lambda path, model_type, device, **_: StubModel())
     monkeypatch.setattr('keygrid_ros.ros.node.resolve_model_path', lambda path, share=None: path)
     LifecycleNode.instances.clear()
     return state
@@ -352,7 +352,7 @@ def test_corrupt_model_fails_configure_and_main_returns_one(fake_ros, monkeypatc
     from keygrid_ros.perception.detector import ModelLoadError
     from keygrid_ros.ros import rclpy_node
 
-    def broken(path, model_type, device, compile=False):  # noqa: A002 - the real keyword's name
+    def broken(path, model_type, device, **_):
         raise ModelLoadError(f'cannot load model {path}: corrupt header')
 
     monkeypatch.setattr('keygrid_ros.ros.node.load_model', broken)

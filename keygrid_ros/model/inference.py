@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..params import CANONICALIZATIONS
+from . import canonical
 from .config import KeyGridConfig
 from .encoder import KeypointEncoder
 from .io import load_model
@@ -67,10 +69,13 @@ class KeypointModel:
     """A loaded Key-Grid encoder with its metadata; see the module docstring."""
 
     def __init__(self, detector: KeypointDetector, metadata: dict[str, Any], device: torch.device,
-                 compile: bool = False):
+                 compile: bool = False, canonicalize: str = 'none'):
+        if canonicalize not in CANONICALIZATIONS:
+            raise ValueError(f'canonicalize must be one of {list(CANONICALIZATIONS)}, got {canonicalize!r}')
         self.detector = detector.to(device).eval()
         self.metadata = metadata
         self.device = device
+        self.canonicalize = canonicalize
         self._run = torch.compile(self.detector, dynamic=False) if compile else self.detector
 
     @classmethod
@@ -83,6 +88,7 @@ class KeypointModel:
         fps_prefix: bool | None = None,
         compile: bool = False,
         fold_batchnorm: bool = True,
+        canonicalize: str = 'none',
     ) -> KeypointModel:
         """Load a model file for inference.
 
@@ -91,6 +97,9 @@ class KeypointModel:
         to let the model order unordered clouds itself (slower). ``compile``: ``torch.compile`` the encoder
         (faster per call after a compile of tens of seconds on the first call; see :meth:`warmup`).
         ``fold_batchnorm``: fold the BatchNorms into the layers before them (same outputs to ~1e-7, faster).
+        ``canonicalize``: 'up' turns every cloud so that the up its own shape shows is +z before the model, and
+        the keypoints back after; 'frame' turns it into its principal axes (yaw fixed too); 'none' (default)
+        leaves it (:mod:`keygrid_ros.model.canonical`). For clouds in a frame whose z is not up.
         """
         device = resolve_device(device)
         model, metadata = load_model(Path(path), encoder_only=True, device='cpu')
@@ -100,7 +109,8 @@ class KeypointModel:
         hard = config.hard_keypoints if hard is None else hard
         if fold_batchnorm:
             model.encoder.fold_batchnorms_()
-        return cls(KeypointDetector(model.encoder, hard), metadata, device, compile=compile)
+        return cls(KeypointDetector(model.encoder, hard), metadata, device, compile=compile,
+                   canonicalize=canonicalize)
 
     @property
     def config(self) -> KeyGridConfig:
@@ -136,10 +146,25 @@ class KeypointModel:
             raise ValueError('cannot detect keypoints on an empty cloud')
         x = x.to(device=self.device, dtype=torch.float32)
         with torch.inference_mode():
-            keypoints, weights, strengths = self._run(x)
+            if self.canonicalize != 'none':
+                keypoints, weights, strengths = self._run_canonical(x)
+            else:
+                keypoints, weights, strengths = self._run(x)
         if as_numpy:
             return Prediction(keypoints.cpu().numpy(), weights.cpu().numpy(), strengths.cpu().numpy())
         return Prediction(keypoints, weights, strengths)
+
+    def _run_canonical(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The model on ``x`` (B, N, 3) turned into its canonical pose and re-normalised; keypoints back in
+        ``x``'s coordinates. The per-point weights need no change: the points keep their order.
+        """
+        turned, rotation, centre = canonical.canonicalize(x, self.canonicalize)
+        lo = turned.amin(dim=(1, 2), keepdim=True)  # Key-Grid's scalar min-max normalisation (normalize.py)
+        extent = turned.amax(dim=(1, 2), keepdim=True) - lo
+        scale = 2.0 / torch.where(extent > 0, extent, torch.ones_like(extent))
+        keypoints, weights, strengths = self._run((turned - lo) * scale - 1.0)
+        keypoints = ((keypoints + 1.0) / scale + lo) @ rotation + centre
+        return keypoints, weights, strengths
 
     def warmup(self, batch: int = 1, num_points: int | None = None) -> None:
         """Run once on a dummy cloud (compiles the encoder when ``compile=True``)."""

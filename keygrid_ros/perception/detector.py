@@ -127,13 +127,14 @@ class _SingleCloudModel:
 
 
 def load_model(path: str | Path, model_type: str = 'keygrid', device: str = 'cpu',
-               compile: bool = False) -> KeypointModel:
+               compile: bool = False, canonicalize: str = 'none') -> KeypointModel:
     """Load a safetensors model file for inference; raises :class:`ModelLoadError` naming the path.
 
     Goes through the model package's inference wrapper, asking for *soft* weights: the detector snaps
     keypoints to points itself (``keypoint_mode``) and needs the weight distribution for the confidence.
-    ``compile`` asks for a ``torch.compile``d Key-Grid encoder (compiled on the first call). Never unpickles
-    anything.
+    ``compile`` asks for a ``torch.compile``d Key-Grid encoder (compiled on the first call). ``canonicalize``
+    (one of ``params.CANONICALIZATIONS``) turns each cloud into its own canonical pose first (Key-Grid only;
+    the student is invariant and ignores it). Never unpickles anything.
     """
     path = Path(path)
     if model_type not in MODEL_TYPES:
@@ -143,7 +144,7 @@ def load_model(path: str | Path, model_type: str = 'keygrid', device: str = 'cpu
     from keygrid_ros.model.student import load_keypoint_model  # Key-Grid or USEEK student, by the file's format
 
     try:
-        extra = {'compile': True} if compile and model_type == 'keygrid' else {}
+        extra = {'compile': compile, 'canonicalize': canonicalize} if model_type == 'keygrid' else {}
         return _SingleCloudModel(load_keypoint_model(path, device, model_type=model_type, hard=False, **extra))
     except Exception as exc:  # corrupt header, checksum, wrong shapes, bad JSON: one clear message
         raise ModelLoadError(f'cannot load model {path}: {type(exc).__name__}: {exc}') from exc

@@ -285,7 +285,7 @@ class DetectorNode:
         if model is None:
             path = resolve_model_path(merged['model_path'], share)
             compiled = merged['compile'] and warmup  # compiling happens in the warm-up, never on a live frame
-            model = self._load_model(path, merged['model_type'], device, compiled)
+            model = self._load_model(path, merged['model_type'], device, compiled, merged['canonicalize'])
         self.detector = Detector(model, _preprocess_config(merged), device=device,
                                  keypoint_mode=merged['keypoint_mode'], smoothing=merged['smoothing'])
         if merged['model_type'] == 'useek' and merged['keypoint_mode'] == 'hard':
@@ -294,6 +294,9 @@ class DetectorNode:
                                 'point; on a mirror-symmetric garment that lands on either side at random (held-out '
                                 'T-shirt DAS 48 instead of 67 with the weighted means). Set keypoint_mode:=snapped '
                                 "or soft for the student's own weighted means (models/README.md).")
+        if merged['model_type'] == 'useek' and merged['canonicalize'] != 'none':
+            self.logger.warning(f"canonicalize: {merged['canonicalize']} is ignored for model_type useek: the "
+                                'student is SE(3)-invariant already')
         if warmup:
             try:
                 ms = self.detector.warmup()
@@ -301,7 +304,8 @@ class DetectorNode:
                 if compiled:  # no C++ toolchain, an inductor bug ...: the eager model is only slower
                     self.logger.warning(f'torch.compile failed ({type(exc).__name__}: {exc}); running the model '
                                         'eagerly (set compile:=false to skip the attempt)')
-                    self.detector.model = self._load_model(path, merged['model_type'], device, False)
+                    self.detector.model = self._load_model(path, merged['model_type'], device, False,
+                                                           merged['canonicalize'])
                     ms = self._warm_up_or_fail(merged['num_points'])
                 else:
                     raise self._model_cannot_run(merged['num_points'], exc) from exc
@@ -318,9 +322,10 @@ class DetectorNode:
         self._next_diagnostics_ns = 0
         self._warned_no_input = False
 
-    def _load_model(self, path: Path, model_type: str, device: str, compiled: bool) -> KeypointModel:
+    def _load_model(self, path: Path, model_type: str, device: str, compiled: bool,
+                    canonicalize: str = 'none') -> KeypointModel:
         try:
-            model = load_model(path, model_type, device, compile=compiled)
+            model = load_model(path, model_type, device, compile=compiled, canonicalize=canonicalize)
         except Exception as exc:  # ModelLoadError, or anything a broken file throws
             raise NodeStartupError(str(exc)) from exc
         self.logger.info(f'loaded {model_type} model {path} on {device}'

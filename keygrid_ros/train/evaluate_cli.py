@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 import sys
 
-from ..params import KEYPOINT_MODES
+from ..params import CANONICALIZATIONS, KEYPOINT_MODES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "'landmarks': a perfect landmark tracker, K ground-truth landmarks of the file "
                              'tracked exactly (simulated files only; no perturbations)')
     parser.add_argument('--num-keypoints', type=int, default=8, help='K of --baseline (default 8)')
-    add_keypoint_mode_argument(parser)
+    add_keypoint_arguments(parser)
     parser.add_argument('--data', required=True, nargs='+', metavar='PATH',
                         help='sequence files (.npz, Key-Grid .txt), OBJ frame folders, or folders of sequences')
     parser.add_argument('--json', action='store_true', help='print one JSON object as the last stdout line')
@@ -58,28 +58,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "('gt3 0-61 | gt5 62-127': it switched at frame 62); always in the JSON")
 
 
-def add_keypoint_mode_argument(parser: argparse.ArgumentParser) -> None:
-    """``--keypoints``, shared by evaluate and predict."""
+def add_keypoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--keypoints`` and ``--canonicalize``, shared by evaluate and predict."""
     parser.add_argument('--keypoints', choices=('file', *KEYPOINT_MODES), default='file',
                         help="'hard': the input point of largest weight (the released test mode), 'soft': the "
                              "weighted mean, 'snapped': the weighted mean moved to the nearest input point (the "
                              "node's default keypoint_mode), 'file': the model file's setting (default; hard for "
                              'Key-Grid files, soft for students)')
+    parser.add_argument('--canonicalize', choices=CANONICALIZATIONS, default='none',
+                        help="turn each cloud into a pose read from its own shape before a Key-Grid model, for "
+                             "clouds whose z is not up: 'up' (least-spread axis, signed by the relief, to +z), "
+                             "'frame' (also the longest axis to +x, fixing the yaw), 'none' (default: as given). "
+                             'Students are SE(3)-invariant and need none')
 
 
-def load_keypoint_fn(model_path: str, device: str = 'auto', mode: str = 'file'):
+def load_keypoint_fn(model_path: str, device: str = 'auto', mode: str = 'file', canonicalize: str = 'none'):
     """A model file (Key-Grid or USEEK student, told apart by the file) -> (:data:`KeypointFn`, the model).
 
     ``mode``: 'hard', 'soft', 'snapped' (the soft keypoints moved to their nearest input point, as the node's
-    ``keypoint_mode: snapped``) or 'file' (the file's own setting)."""
+    ``keypoint_mode: snapped``) or 'file' (the file's own setting). ``canonicalize``: one of ``CANONICALIZATIONS``
+    (Key-Grid files only; see ``KeypointModel.load``)."""
     import torch
 
-    from ..model.student import load_keypoint_model
+    from ..model.student import load_keypoint_model, model_type_of
 
     if mode != 'file' and mode not in KEYPOINT_MODES:
         raise ValueError(f'keypoint mode {mode!r} is not file or one of {list(KEYPOINT_MODES)}')
     hard = None if mode == 'file' else mode == 'hard'  # snapped: the soft keypoints, snapped below
-    model = load_keypoint_model(model_path, device=device, hard=hard)
+    if canonicalize not in CANONICALIZATIONS:
+        raise ValueError(f'canonicalize {canonicalize!r} is not one of {list(CANONICALIZATIONS)}')
+    extra = {}
+    if canonicalize != 'none':
+        if model_type_of(model_path) != 'keygrid':
+            raise ValueError(f'{model_path}: canonicalize applies to Key-Grid models; a student is SE(3)-invariant')
+        extra['canonicalize'] = canonicalize
+    model = load_keypoint_model(model_path, device=device, hard=hard, **extra)
 
     def keypoint_fn(points):  # (B, N, 3) -> (B, K, 3)
         keypoints = model.predict(points).keypoints
@@ -125,8 +138,8 @@ def load_detector(args: argparse.Namespace):
     if args.baseline:
         return evaluate.extreme_point_keypoint_fn(args.num_keypoints), 2048, f'baseline:{args.baseline}'
     try:
-        keypoint_fn, model = load_keypoint_fn(args.model, args.device, args.keypoints)
-    except (ModelFileError, OSError) as exc:
+        keypoint_fn, model = load_keypoint_fn(args.model, args.device, args.keypoints, args.canonicalize)
+    except (ModelFileError, OSError, ValueError) as exc:
         print(f'keygrid evaluate: {exc}', file=sys.stderr)
         return None
     return keypoint_fn, model.config.num_points, str(args.model)
@@ -144,6 +157,7 @@ def detector_report(args: argparse.Namespace, keypoint_fn, trained_points: int, 
     report = evaluate.evaluate_paths(keypoint_fn, args.data, num_points, perturbation, progress=say, **common)
     report['model'] = label
     report['keypoints'] = args.keypoints
+    report['canonicalize'] = args.canonicalize
     if args.sweep:
         sweep = evaluate.robustness_sweep(keypoint_fn, args.data, num_points, seed=args.seed, **common)
         prefix = Path(args.sweep_out)

@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 
-from .evaluate_cli import add_keypoint_mode_argument
+from .evaluate_cli import add_keypoint_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--seed', type=int, default=0, help='seed of the point sampling (default: 0)')
     parser.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', ... (default: auto)")
     parser.add_argument('--batch-size', type=int, default=16, help='frames per forward pass (default: 16)')
-    add_keypoint_mode_argument(parser)
+    add_keypoint_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from .evaluate_cli import load_keypoint_fn
 
     try:
-        keypoint_fn, model = load_keypoint_fn(args.model, args.device, args.keypoints)
-    except (ModelFileError, OSError) as exc:
+        keypoint_fn, model = load_keypoint_fn(args.model, args.device, args.keypoints, args.canonicalize)
+    except (ModelFileError, OSError, ValueError) as exc:
         print(f'keygrid predict: {exc}', file=sys.stderr)
         return 2
     try:
