@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from keygrid_ros import ops
+from keygrid_ros.model.canonical import up_direction
 from keygrid_ros.model.config import KeyGridConfig
 from keygrid_ros.model.io import ModelFileError, load_model, save_model
 from keygrid_ros.model.keygrid import KeyGrid
@@ -414,4 +415,49 @@ def test_chiral_network_is_se3_invariant_but_tells_a_mirror_image_apart(tmp_path
     path = save_student(tmp_path / 'chiral.safetensors', net.float(), teacher=TEACHER_INFO)
     assert read_student_metadata(path)['config'].chiral
     with pytest.raises(ModelFileError, match='chiral'):
+        load_student(path, SPRINConfig.tiny())
+
+
+def test_up_cue_descriptor_entries_match_their_definition_and_turn_with_the_cloud():
+    points = garment_like()[None]
+    centred = normalize_input(points)[0]
+    up = up_direction(centred)
+    idx = nearest_neighbours(centred, centred, 16)
+    neighbours = ops.index_points(centred, idx)
+    plain = pair_descriptor(neighbours, centred)
+    cued = pair_descriptor(neighbours, centred, up=up)
+    assert cued.shape[-1] == 11 and torch.equal(cued[..., :8], plain)
+    pi, pj, m, u = centred[0, 5], neighbours[0, 5, 3], neighbours[0, 5].mean(0), up[0]
+    a, b = pj - pi, m - pi
+    volume = torch.det(torch.stack([a, b, u], dim=-1))
+    expected = [a @ u / (a.norm() + 1e-7), pj @ u, volume / (a.norm() * b.norm() + 1e-7)]
+    torch.testing.assert_close(cued[0, 5, 3, 8:], torch.stack(expected), rtol=0, atol=1e-12)
+    rotation = random_se3(3)[0]
+    rotated = pair_descriptor(neighbours @ rotation.T, centred @ rotation.T, up=up_direction(centred @ rotation.T))
+    torch.testing.assert_close(rotated, cued, rtol=0, atol=1e-12)
+    mirror = torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)
+    mirrored = pair_descriptor(neighbours * mirror, centred * mirror, up=up_direction(centred * mirror))
+    torch.testing.assert_close(mirrored[..., :10], cued[..., :10], rtol=0, atol=1e-12)
+    torch.testing.assert_close(mirrored[..., 10], -cued[..., 10], rtol=0, atol=1e-12)
+    assert cued[..., 10].abs().max() > 0.1
+
+
+def test_up_cue_network_is_se3_invariant_but_tells_a_mirror_image_apart(tmp_path):
+    """With the cloud's own up, a half turn that swaps a flat garment's sleeves also turns its relief upside
+    down, so the network can tell the sleeves apart while staying SE(3)-invariant."""
+    torch.manual_seed(0)
+    net = SPRINSeg(SPRINConfig.tiny(up_cue=True)).double().eval()
+    points = garment_like()[None]
+    mirror = torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)
+    with torch.no_grad():
+        reference = net(normalize_input(points)[0])
+        for seed in range(3):
+            rotation, translation = random_se3(seed)
+            moved = net(normalize_input(points @ rotation.T + translation)[0])
+            assert (moved - reference).abs().max().item() < 1e-9, seed
+        mirrored = net(normalize_input(points * mirror)[0])
+    assert (mirrored - reference).abs().max().item() > 1e-3
+    path = save_student(tmp_path / 'up.safetensors', net.float(), teacher=TEACHER_INFO)
+    assert read_student_metadata(path)['config'].up_cue
+    with pytest.raises(ModelFileError, match='up_cue'):
         load_student(path, SPRINConfig.tiny())

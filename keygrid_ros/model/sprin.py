@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from . import canonical
 from .config import reject_unknown_fields
 
 
@@ -125,6 +126,9 @@ class SPRINConfig:
     # A 9th, reflection-odd descriptor entry (see pair_descriptor): the network stays SE(3)-invariant but can
     # tell a shape from its mirror image. Off in the released network (and in files that predate it).
     chiral: bool = False
+    # Three entries measured against the cloud's own "up" (model/canonical.py): still SE(3)-invariant, and
+    # they tell left from right on a garment whose relief rises from the table. Off as released.
+    up_cue: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, 'layers', tuple(ConvSpec(k, s, r, o, tuple(h), g)
@@ -171,7 +175,7 @@ class SPRINConfig:
 
 
 #: Fields that the weights depend on; a model file must agree with a requested config on these.
-ARCHITECTURE_FIELDS = ('num_keypoints', 'fps_points', 'layers', 'head', 'chiral')
+ARCHITECTURE_FIELDS = ('num_keypoints', 'fps_points', 'layers', 'head', 'chiral', 'up_cue')
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -197,7 +201,13 @@ def _cos(a: torch.Tensor, b: torch.Tensor, na: torch.Tensor, nb: torch.Tensor) -
     return (a * b).sum(-1, keepdim=True) / (na * nb + 1e-7)
 
 
-def pair_descriptor(neighbours: torch.Tensor, centres: torch.Tensor, chiral: bool = False) -> torch.Tensor:
+def descriptor_width(chiral: bool = False, up_cue: bool = False) -> int:
+    """Entries of :func:`pair_descriptor`: 8, +1 with ``chiral``, +3 with an ``up`` vector."""
+    return 8 + int(chiral) + 3 * int(up_cue)
+
+
+def pair_descriptor(neighbours: torch.Tensor, centres: torch.Tensor, chiral: bool = False,
+                    up: torch.Tensor | None = None) -> torch.Tensor:
     """The 8-D rotation-invariant descriptor of each neighbour ``p_j`` of each centre ``p_i``.
 
     ``neighbours`` (B, Q, k, 3) (or (B, 1, k, 3) when every centre shares them), ``centres`` (B, Q, 3) ->
@@ -214,6 +224,11 @@ def pair_descriptor(neighbours: torch.Tensor, centres: torch.Tensor, chiral: boo
     triangle (p_i, p_j, m) turns about the centre's direction from the origin. A rotation leaves it unchanged,
     a reflection flips its sign, so it is the one entry that tells a shape from its mirror image. On a flat
     sheet through the origin it is 0; the garment's relief (wrinkles, drape, folds) makes it informative.
+
+    ``up`` (B, 3), the cloud's own up (:func:`~keygrid_ros.model.canonical.up_direction`, which rotates with the
+    cloud), appends cos(p_j - p_i, up), the height p_j . up and det[p_j - p_i, m - p_i, up] / (|p_j - p_i|
+    |m - p_i| + 1e-7). All three are rotation-invariant because ``up`` turns with the points; the last one
+    flips under a half turn that swaps the sleeves (up flips with the relief), so it tells left from right.
     """
     dtype = torch.promote_types(neighbours.dtype, torch.float32)
     with torch.autocast(neighbours.device.type, enabled=False):
@@ -232,6 +247,11 @@ def pair_descriptor(neighbours: torch.Tensor, centres: torch.Tensor, chiral: boo
             l2_b, m_pi = torch.broadcast_tensors(l2, -l3)  # p_j - p_i and m - p_i
             volume = (torch.linalg.cross(l2_b, m_pi) * pi_b).sum(-1, keepdim=True)  # det[p_j - p_i, m - p_i, p_i]
             parts.append(volume / (n2 * n3 * pi.norm(dim=-1, keepdim=True) + 1e-7))
+        if up is not None:
+            u = up.to(dtype).view(up.shape[0], 1, 1, 3)
+            l2_b, m_pi = torch.broadcast_tensors(l2, -l3)
+            parts += [(l2 * u).sum(-1, keepdim=True) / (n2 + 1e-7), (pj * u).sum(-1, keepdim=True),
+                      (torch.linalg.cross(l2_b, m_pi) * u).sum(-1, keepdim=True) / (n2 * n3 + 1e-7)]
         return torch.cat([p.expand(shape) for p in parts], dim=-1)
 
 
@@ -283,11 +303,12 @@ class SparseSO3Conv(nn.Module):
     weighted by each of the ``rank`` kernel outputs (rank x C_in values), then Linear -> ``c_out`` and LayerNorm.
     """
 
-    def __init__(self, rank: int, c_in: int, c_out: int, hidden: tuple[int, ...], chiral: bool = False):
+    def __init__(self, rank: int, c_in: int, c_out: int, hidden: tuple[int, ...], chiral: bool = False,
+                 up_cue: bool = False):
         super().__init__()
-        self.chiral = chiral
+        self.chiral, self.up_cue = chiral, up_cue
         layers: list[nn.Module] = []
-        width = 9 if chiral else 8
+        width = descriptor_width(chiral, up_cue)
         for h in hidden:
             layers += [nn.Linear(width, h), nn.LayerNorm(h), nn.ReLU(inplace=True)]
             width = h
@@ -296,12 +317,17 @@ class SparseSO3Conv(nn.Module):
         self.out = nn.Linear(rank * c_in, c_out)
         self.norm = nn.LayerNorm(c_out)
 
-    def forward(self, neighbours: torch.Tensor, features: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    def forward(self, neighbours: torch.Tensor, features: torch.Tensor, centres: torch.Tensor,
+                up: torch.Tensor | None = None) -> torch.Tensor:
         """``neighbours`` (B, Q|1, k, 3), ``features`` (B, Q|1, k, C_in), ``centres`` (B, Q, 3) -> (B, Q, C_out).
 
-        A size-1 second axis means every centre shares the same neighbours (the dense layers).
+        A size-1 second axis means every centre shares the same neighbours (the dense layers). ``up`` (B, 3) is
+        required with ``up_cue`` and ignored without.
         """
-        kernel = self.kernel(pair_descriptor(neighbours, centres, self.chiral).to(features.dtype))  # (B, Q, k, rank)
+        if self.up_cue and up is None:
+            raise ValueError('this convolution was built with up_cue and needs the cloud\'s up vector')
+        descriptor = pair_descriptor(neighbours, centres, self.chiral, up if self.up_cue else None)
+        kernel = self.kernel(descriptor.to(features.dtype))  # (B, Q, k, rank)
         if features.shape[1] == 1:  # shared neighbours: one (k, C) matrix per cloud
             contracted = torch.einsum('bqkr,bkc->bqrc', kernel, features[:, 0])
         else:
@@ -315,24 +341,25 @@ class NeighbourhoodSO3Conv(nn.Module):
     ``spec.k == 0`` makes it dense: every source point is a neighbour of every query (conv_31 / conv_32).
     """
 
-    def __init__(self, spec: ConvSpec, c_in: int, chiral: bool = False):
+    def __init__(self, spec: ConvSpec, c_in: int, chiral: bool = False, up_cue: bool = False):
         super().__init__()
         self.k, self.stride = spec.k, spec.stride
-        self.conv = SparseSO3Conv(spec.rank, c_in, spec.out, spec.hidden, chiral)
+        self.conv = SparseSO3Conv(spec.rank, c_in, spec.out, spec.hidden, chiral, up_cue)
 
     def forward(self, src: torch.Tensor, features: torch.Tensor, dst: torch.Tensor, mode: str = 'dilated',
-                generator: torch.Generator | None = None, nearest: torch.Tensor | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, nearest: torch.Tensor | None = None,
+                up: torch.Tensor | None = None) -> torch.Tensor:
         """``src`` (B, S, 3) with ``features`` (B, S, C_in), queries ``dst`` (B, Q, 3) -> (B, Q, C_out).
 
         ``nearest`` (B, Q, >= k): the queries' nearest source points, nearest first, when already known (layers
-        on the same pair of levels share one search).
+        on the same pair of levels share one search). ``up`` (B, 3): see :class:`SparseSO3Conv`.
         """
         if self.k == 0:
-            return self.conv(src.unsqueeze(1), features.unsqueeze(1), dst)
+            return self.conv(src.unsqueeze(1), features.unsqueeze(1), dst, up)
         if nearest is None:
             nearest = nearest_neighbours(src, dst, self.k)
         idx = subsample_neighbours(nearest, self.k, self.stride, mode, generator)  # (B, Q, k')
-        return self.conv(ops.index_points(src, idx), ops.index_points(features, idx), dst)
+        return self.conv(ops.index_points(src, idx), ops.index_points(features, idx), dst, up)
 
 
 class GlobalInfoProp(nn.Module):
@@ -363,7 +390,7 @@ class SPRINSeg(nn.Module):
         self.globs = nn.ModuleDict()
         channels = 1
         for name, spec in zip(LAYER_NAMES, config.layers):
-            self.convs[name] = NeighbourhoodSO3Conv(spec, channels, config.chiral)
+            self.convs[name] = NeighbourhoodSO3Conv(spec, channels, config.chiral, config.up_cue)
             channels = spec.out
             if spec.glob:
                 self.globs[name] = GlobalInfoProp(channels, spec.glob)
@@ -392,9 +419,11 @@ class SPRINSeg(nn.Module):
             if spec.k:
                 depth[src, dst] = max(depth.get((src, dst), 0), spec.k)
         nearest = {pair: nearest_neighbours(levels[pair[0]], levels[pair[1]], k) for pair, k in depth.items()}
+        up = canonical.up_direction(xyz) if cfg.up_cue else None  # (B, 3), turns with the cloud
         features = torch.ones_like(xyz[..., :1])
         for name, src, dst in LAYERS:
-            features = self.convs[name](levels[src], features, levels[dst], mode, generator, nearest.get((src, dst)))
+            features = self.convs[name](levels[src], features, levels[dst], mode, generator, nearest.get((src, dst)),
+                                        up)
             if not name.startswith('upconv'):  # the released stack has no ReLU after the up-convolutions
                 features = torch.relu(features)
             if name in self.globs:
