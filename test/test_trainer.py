@@ -133,6 +133,28 @@ def test_a_few_steps_lower_the_loss(data_dir, tmp_path, monkeypatch):
     assert list((result.run_dir / 'tb').glob('events.out.tfevents.*'))
 
 
+def test_best_model_is_chosen_by_das_scaled_down_for_collapse(data_dir, tmp_path, monkeypatch):
+    """A validation whose keypoints pile up (coverage 0.2) must not win on its DAS (B) alone."""
+    from keygrid_ros.model import read_metadata
+
+    reports = iter([(60.0, 0.8), (95.0, 0.2), (70.0, 0.7)])  # (DAS, coverage) at epochs 1, 2, 3
+
+    def scripted_validation(net, val, config):
+        das, coverage = next(reports)
+        return {'das': das, 'das_reference_frame': das, 'das_correspondence': das, 'by_motion': {},
+                'coverage': coverage, 'sequences': []}
+
+    monkeypatch.setattr(trainer, '_validate', scripted_validation)
+    monkeypatch.setattr(trainer, 'epoch_batches', lambda n, cfg, epoch, ddp: [[0, 1]])
+    config = TrainConfig(**tiny_config(data_dir, tmp_path, epochs=3, val_every=1))
+    result = trainer.train(config)
+    assert result.best_das == 70.0  # epoch 3: 70 x 1 beats epoch 1's 60 and epoch 2's 95 x 0.2 / 0.5 = 38
+    metrics = read_metadata(result.run_dir / 'model_best.safetensors')['metrics']
+    assert metrics['epoch'] == 3 and metrics['val_coverage'] == 0.7 and metrics['val_selection_score'] == 70.0
+    lines = [json.loads(line) for line in (result.run_dir / 'metrics.jsonl').read_text().splitlines()]
+    assert [round(line['selection_score'], 6) for line in lines] == [60.0, 38.0, 70.0]
+
+
 def _train_cmd(config_path: Path, *extra: str) -> list[str]:
     return [sys.executable, '-m', 'keygrid_ros.train.cli', '--config', str(config_path), *extra]
 

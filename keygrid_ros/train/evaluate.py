@@ -252,6 +252,26 @@ def _mean(values) -> float:
     return float(np.mean(values)) if values else float('nan')
 
 
+#: Coverage (the share of the K ground-truth vertices some keypoint is nearest to, per frame) below which
+#: keypoints count as collapsing when a run picks its best model. Measured: the extreme points along 8 fixed
+#: directions reach 0.50, the shipped models 0.72-0.81, a perfect landmark tracker 0.90; collapsed keypoints
+#: (no farthest-point loss, the USEEK student's weighted means) 0.19-0.35 (docs/results.md).
+SPREAD_COVERAGE = 0.5
+
+
+def selection_score(report: dict[str, Any]) -> float:
+    """What a training run maximises to keep its best model: DAS (B) scaled down where the keypoints collapse,
+    ``das * min(1, coverage / SPREAD_COVERAGE)``.
+
+    DAS (B) alone rewards a collapse (keypoints piled on one vertex score 100, ``test_metrics.py``); with
+    this, a validation whose keypoints reach a quarter of the ground-truth vertices counts half its DAS.
+    """
+    coverage = report.get('coverage')
+    if coverage is None or not math.isfinite(coverage):
+        return float(report['das'])
+    return float(report['das']) * min(1.0, coverage / SPREAD_COVERAGE)
+
+
 def summarize(per_sequence: list[dict[str, Any]]) -> dict[str, Any]:
     """Average the per-sequence scores (overall, per motion and per fold kind); pool the mIoU counts."""
     keys = ('das', 'das_correspondence', 'das_reference_frame', 'das_forward', 'das_backward')

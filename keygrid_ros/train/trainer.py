@@ -10,7 +10,8 @@ Run folder (``out_dir/run_name``)::
     config.yaml            the resolved config (what the run actually used)
     checkpoint.pt          the last checkpoint (resume point), written atomically
     model_last.safetensors the model after the last completed epoch (keygrid_ros.model.io format)
-    model_best.safetensors the model with the best validation DAS so far
+    model_best.safetensors the model with the best validation score so far (DAS, scaled down where the
+                           keypoints collapse: evaluate.selection_score)
     metrics.jsonl          one JSON line per validation
     tb/                    TensorBoard: losses, lr, clouds/s, validation DAS, keypoint pictures
 
@@ -84,7 +85,7 @@ class TrainResult:
     epoch: int  # epochs completed
     clouds_seen: int  # over all processes
     clouds_per_s: float  # training throughput over all processes (last epoch, steps only)
-    best_das: float | None
+    best_das: float | None  # validation DAS of the kept best model (chosen by evaluate.selection_score)
     last_das: float | None
 
 
@@ -207,6 +208,7 @@ def _train(config: TrainConfig, resume: bool | str, ddp: Distributed) -> TrainRe
 
     epoch, batch_done, step, clouds_seen = 0, 0, 0, 0
     best_das: float | None = None
+    best_score: float | None = None
     last_das: float | None = None
     if resume:
         state = load_checkpoint(checkpoint_path)
@@ -215,6 +217,7 @@ def _train(config: TrainConfig, resume: bool | str, ddp: Distributed) -> TrainRe
         scaler.load_state_dict(state['scaler'])
         epoch, batch_done, step = state['epoch'], state['batch_in_epoch'], state['step']
         clouds_seen, best_das, last_das = state['clouds_seen'], state['best_das'], state['last_das']
+        best_score = state.get('best_score', best_das)  # checkpoints before selection_score kept DAS alone
         restore_rng(state['rng'], config.seed, step, ddp)
         if ddp.main:
             log.info('resuming %s at epoch %d, batch %d, step %d', run_dir, epoch, batch_done, step)
@@ -254,14 +257,16 @@ def _train(config: TrainConfig, resume: bool | str, ddp: Distributed) -> TrainRe
             save_checkpoint(checkpoint_path, {
                 'model': net.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
                 'epoch': epoch_now, 'batch_in_epoch': batch_now, 'step': step, 'clouds_seen': clouds_seen,
-                'best_das': best_das, 'last_das': last_das, 'rng': rngs, 'config': json.dumps(config.to_dict()),
+                'best_das': best_das, 'best_score': best_score, 'last_das': last_das, 'rng': rngs,
+                'config': json.dumps(config.to_dict()),
             })
 
     def export(path: Path, das: dict | None, epoch_now: int) -> None:
         metrics = {'epoch': epoch_now, 'step': step, 'clouds_seen': clouds_seen}
         if das is not None:
             metrics.update(val_das=das['das'], val_das_reference_frame=das['das_reference_frame'],
-                           val_das_correspondence=das['das_correspondence'], val_by_motion=das['by_motion'])
+                           val_das_correspondence=das['das_correspondence'], val_by_motion=das['by_motion'],
+                           val_coverage=das['coverage'], val_selection_score=evaluate.selection_score(das))
         save_model(path, net, keypoint_names=keypoint_names, metrics=metrics,
                    training_data={**training_data, 'clouds_seen': clouds_seen, 'steps': step, 'epochs': epoch_now})
 
@@ -318,10 +323,11 @@ def _train(config: TrainConfig, resume: bool | str, ddp: Distributed) -> TrainRe
                 if report is not None:
                     last_das = report['das']
                     _log_validation(writer, run_dir, report, epoch, step)
-                    log.info('epoch %d: validation DAS %.1f (reference frame %.1f)', epoch, report['das'],
-                             report['das_reference_frame'])
-                    if best_das is None or report['das'] > best_das:
-                        best_das = report['das']
+                    score = evaluate.selection_score(report)
+                    log.info('epoch %d: validation DAS %.1f (reference frame %.1f), coverage %.2f, score %.1f',
+                             epoch, report['das'], report['das_reference_frame'], report['coverage'], score)
+                    if best_score is None or score > best_score:
+                        best_das, best_score = report['das'], score
                         export(run_dir / MODEL_BEST, report, epoch)
                 picture = not stopped_inside and config.picture_every and epoch % config.picture_every == 0
                 if config.picture_every and (picture or last):
@@ -349,8 +355,11 @@ def _train(config: TrainConfig, resume: bool | str, ddp: Distributed) -> TrainRe
 def _log_validation(writer, run_dir: Path, report: dict[str, Any], epoch: int, step: int) -> None:
     writer.add_scalar('val/das', report['das'], step)
     writer.add_scalar('val/das_reference_frame', report['das_reference_frame'], step)
+    writer.add_scalar('val/coverage', report['coverage'], step)
+    writer.add_scalar('val/selection_score', evaluate.selection_score(report), step)
     for motion, scores in report['by_motion'].items():
         writer.add_scalar(f'val/das_{motion}', scores['das'], step)
-    line = {'epoch': epoch, 'step': step, **{k: v for k, v in report.items() if k != 'sequences'}}
+    line = {'epoch': epoch, 'step': step, **{k: v for k, v in report.items() if k != 'sequences'},
+            'selection_score': evaluate.selection_score(report)}
     with open(run_dir / 'metrics.jsonl', 'a') as fh:
         fh.write(evaluate.to_json(line) + '\n')
