@@ -277,6 +277,37 @@ def test_keypoints_from_logits():
     np.testing.assert_allclose(kp[0, 0].numpy(), [0.6, 0.4, 0.0], rtol=1e-6)
     kp_hard, w_hard = keypoints_from_logits(points, logits, hard=True)
     assert kp_hard[0].tolist() == [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]] and w_hard.sum(-1).eq(1).all()
+    # Temperature 1/2 squares the unnormalised weights: 1 : 9 : 1.
+    kp_sharp, w_sharp = keypoints_from_logits(points, logits, temperature=0.5)
+    np.testing.assert_allclose(w_sharp[0, 0].numpy(), [1 / 11, 9 / 11, 1 / 11], rtol=1e-6)
+    np.testing.assert_allclose(kp_sharp[0, 0].numpy(), [9 / 11, 2 / 11, 0.0], rtol=1e-6)
+    with pytest.raises(ValueError, match='temperature'):
+        keypoints_from_logits(points, logits, temperature=0.0)
+
+
+def test_softmax_temperature_is_recorded_by_export_and_used_by_every_reader(tmp_path):
+    from keygrid_ros.cli import main
+
+    torch.manual_seed(0)
+    net = SPRINSeg(SPRINConfig.tiny(num_keypoints=3)).eval()
+    plain = save_student(tmp_path / 'plain.safetensors', net, teacher=TEACHER_INFO)
+    sharp = tmp_path / 'sharp.safetensors'
+    assert main(['export-model', str(plain), str(sharp), '--weights-dtype', 'float32',
+                 '--softmax-temperature', '0.1']) == 0
+    assert read_student_metadata(sharp)['softmax_temperature'] == 0.1
+    assert 'softmax_temperature' not in read_student_metadata(plain)
+    points = garment_like(dtype=torch.float32)[None]
+    model = load_keypoint_model(sharp, device='cpu')
+    with torch.no_grad():
+        logits = net(normalize_input(points)[0])
+    expected, _ = keypoints_from_logits(points, logits, temperature=0.1)
+    torch.testing.assert_close(model.predict(points).keypoints, expected, rtol=1e-5, atol=1e-5)
+    unsharpened, _ = keypoints_from_logits(points, logits)
+    assert (expected - unsharpened).abs().max() > 1e-3  # the setting changes what the reader returns
+    assert main(['export-model', str(plain), str(tmp_path / 'x.safetensors'), '--softmax-temperature', '-1']) == 2
+    keygrid = tmp_path / 'keygrid.safetensors'
+    save_model(keygrid, KeyGrid(TINY_KEYGRID).eval())
+    assert main(['export-model', str(keygrid), str(tmp_path / 'y.safetensors'), '--softmax-temperature', '0.5']) == 2
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -431,15 +431,21 @@ class SPRINSeg(nn.Module):
         return self.head(features.transpose(1, 2)).transpose(1, 2)
 
 
-def keypoints_from_logits(points: torch.Tensor, logits: torch.Tensor, hard: bool = False
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
+def keypoints_from_logits(points: torch.Tensor, logits: torch.Tensor, hard: bool = False,
+                          temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """USEEK's "weight" mode: softmax over the points -> weights (B, K, N), keypoints = weights @ points (B, K, 3).
 
     ``hard``: each keypoint is the point of largest logit (the arg-max variant; weights become one-hot).
+    ``temperature``: softmax of ``logits / temperature`` (1 as released). The logits are trained by a per-point
+    BCE, not for a softmax over 2048 points: they span a few units, so at 1 a keypoint's weights spread over
+    most of the cloud and the mean sinks towards the centroid; a lower temperature keeps the mean on the
+    region the logits pick out.
     The keypoints are in ``points``' own coordinates (a weighted mean commutes with any affine map).
     """
+    if not temperature > 0:
+        raise ValueError(f'temperature must be positive, got {temperature}')
     dtype = torch.promote_types(logits.dtype, torch.float32)  # a softmax over thousands of points: not in bf16
-    weights = torch.softmax(logits.to(dtype).transpose(1, 2), dim=-1)
+    weights = torch.softmax(logits.to(dtype).transpose(1, 2) / temperature, dim=-1)
     if hard:
         weights = torch.nn.functional.one_hot(weights.argmax(-1), weights.shape[-1]).to(weights.dtype)
     return weights @ points.to(weights.dtype), weights

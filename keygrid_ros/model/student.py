@@ -34,6 +34,8 @@ training_data      JSON (free-form)
 metrics            JSON (free-form)
 weights_sha256     checksum of every tensor (name, dtype, shape, bytes)
 weights_dtype      ``float32`` or ``float16`` (widened to float32 on loading); optional, float32 when absent
+softmax_temperature  JSON number > 0: the keypoints' softmax temperature (``keygrid export-model
+                   --softmax-temperature``); optional, 1 (USEEK's weight mode) when absent
 torch_version      the torch that wrote the file
 =================  ===========================================================================
 """
@@ -41,6 +43,7 @@ torch_version      the torch that wrote the file
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -66,7 +69,8 @@ FORMAT = 'keygrid_ros.useek'
 FORMAT_VERSION = 1
 MODEL_TYPE = 'useek'
 NORMALIZATION = 'centroid_max_radius'
-_JSON_KEYS = ('config', 'keypoint_names', 'teacher', 'segment_strengths', 'training_data', 'metrics')
+_JSON_KEYS = ('config', 'keypoint_names', 'teacher', 'segment_strengths', 'training_data', 'metrics',
+              'softmax_temperature')
 _REQUIRED_KEYS = ('format', 'format_version', 'model_type', 'role', 'config', 'keypoint_names', 'teacher',
                   'weights_sha256')
 
@@ -78,16 +82,17 @@ class StudentNet(torch.nn.Module):
     coordinates. ``hard`` snaps each keypoint to its point of largest logit.
     """
 
-    def __init__(self, net: SPRINSeg, hard: bool = False):
+    def __init__(self, net: SPRINSeg, hard: bool = False, temperature: float = 1.0):
         super().__init__()
         self.net = net
         self.hard = bool(hard)
+        self.temperature = float(temperature)
 
     def forward(self, points: torch.Tensor, generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         normalised, _, _ = normalize_input(points)
         logits = self.net(normalised, generator=generator)
-        keypoints, weights = keypoints_from_logits(points, logits, hard=self.hard)
+        keypoints, weights = keypoints_from_logits(points, logits, hard=self.hard, temperature=self.temperature)
         return keypoints, weights, logits
 
 
@@ -184,6 +189,10 @@ def _decode(path: Path, raw: dict[str, str]) -> dict[str, Any]:
                              what='a USEEK student model file', required=_REQUIRED_KEYS, json_keys=_JSON_KEYS,
                              config_from_dict=SPRINConfig.from_dict,
                              hint='; a Key-Grid model is loaded with model_type keygrid')
+    temperature = metadata.get('softmax_temperature')
+    if temperature is not None and not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+                                        and math.isfinite(temperature) and temperature > 0):
+        raise ModelFileError(f'{path}: softmax_temperature must be a positive number, got {temperature!r}')
     K = metadata['config'].num_keypoints
     if len(metadata['keypoint_names']) != K:
         raise ModelFileError(f'{path}: {len(metadata["keypoint_names"])} keypoint names for {K} keypoints')
@@ -200,7 +209,8 @@ class StudentModel:
 
     def __init__(self, net: SPRINSeg, metadata: dict[str, Any], device: torch.device, hard: bool = False,
                  seed: int | None = None):
-        self.detector = StudentNet(net, hard).to(device).eval()
+        temperature = metadata.get('softmax_temperature') or 1.0
+        self.detector = StudentNet(net, hard, temperature).to(device).eval()
         self.metadata = metadata
         self.device = device
         # Only used when the config asks for random neighbour subsets at test time (the released behaviour):
