@@ -98,6 +98,19 @@ def tiny_config(data_dir: Path, out_dir: Path, **overrides) -> DistillConfig:
 # the rule and the loss
 
 
+def test_unaligned_simulations_are_found_from_the_info_alone(tmp_path):
+    from keygrid_ros.train.distill import unaligned_simulations
+
+    simulated = {'garment': 'tshirt', 'seed': 3, 'pattern': {'width': 0.5}}
+    for name, info in [('random_yaw', simulated), ('aligned', {**simulated, 'aligned_by_deg': 12.0}),
+                       ('clothesnet', {'units': 'm'}), ('bare', {})]:
+        seq = taper_sequence(phase=0.1)
+        seq.info = info
+        save_sequence(tmp_path / f'{name}.npz', seq)
+    files = sorted(tmp_path.glob('*.npz'))
+    assert unaligned_simulations(files) == [str(tmp_path / 'random_yaw.npz')]
+
+
 def test_pseudo_labels_on_a_hand_made_case():
     # Points on a line at x = 0, 0.1, ..., 1. Keypoint 0 at x = 0.5 is scaled to 0.6; distances |x - 0.6| span
     # [0, 0.6], so normalised < 0.1 means |x - 0.6| < 0.06: only x = 0.6. Keypoint 1 at x = 0.8 goes to 0.96;

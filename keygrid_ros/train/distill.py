@@ -435,6 +435,20 @@ class DistillResult:
     teacher_das: dict[str, Any] | None
 
 
+def unaligned_simulations(files) -> list[str]:
+    """Those of ``files`` that our simulator wrote (a garment pattern and a seed in their ``info``) and that
+    ``keygrid align`` has not turned into the garment's canonical heading. Reads only the ``info`` entry."""
+    found = []
+    for path in files:
+        if Path(path).suffix != '.npz':
+            continue
+        with np.load(path) as data:
+            info = json.loads(str(data['info'])) if 'info' in data.files else {}
+        if 'pattern' in info and 'seed' in info and 'aligned_by_deg' not in info:
+            found.append(str(path))
+    return found
+
+
 def distill(config: DistillConfig, teacher=None, resume: bool | str = False) -> DistillResult:
     """Distil ``teacher`` (default: the Key-Grid file ``config.teacher``) into a SPRIN student.
 
@@ -477,6 +491,13 @@ def _distill(config: DistillConfig, teacher, resume: bool | str, ddp: Distribute
         raise FileNotFoundError(f'--resume: no checkpoint at {checkpoint_path}')
 
     train_set, train_indices, val = split_data(config)
+    unaligned = unaligned_simulations(train_set.files)
+    if unaligned and ddp.main:
+        log.warning('%d of %d training sequences are simulated at a random yaw and not aligned (keygrid align): a '
+                    'Key-Grid teacher trained at random yaw keys its keypoints to directions, not to parts, so '
+                    'its labels on them disagree across sequences and the SE(3)-invariant student cannot learn '
+                    'them (docs/results.md). Distil on aligned sequences, e.g. %s', len(unaligned),
+                    len(train_set.files), unaligned[0])
     steps_per_epoch = len(epoch_batches(len(train_indices), config, 0, ddp))
     if steps_per_epoch == 0:
         raise ValueError(f'{len(train_indices)} training frames over {ddp.world} process(es) do not fill one batch '
