@@ -84,6 +84,10 @@ def test_shipped_student_metadata_names_its_shipped_teacher(name):
     train = meta['training_data']['train']
     assert train and not any(Path(p).is_absolute() for p in train + meta['training_data']['val'])
     assert (MODELS / name).stat().st_size < 60e6
+    # What its card promises (session 6): distilled on aligned sequences, with the relief's up and a sharper
+    # softmax than the released 1.
+    assert meta['config'].up_cue and 0 < meta['softmax_temperature'] < 1
+    assert all('/aligned/' in p for p in train)
 
 
 @pytest.mark.parametrize('name', sorted(STUDENTS))

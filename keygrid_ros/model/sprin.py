@@ -15,8 +15,9 @@ not only SE(3)): it cannot tell a shape from its mirror image, and on a mirror-s
 lying flat) it gives the left and the right sleeve the same logits, so a keypoint's weights split between
 them. ``SPRINConfig.chiral`` adds one reflection-odd descriptor entry: the network stays SE(3)-invariant but
 can use the garment's relief to tell left from right. Nothing SE(3)-invariant can do so on a perfectly flat
-symmetric sheet, whose half turn about its axis of symmetry is a rotation; only a frame that knows "up" (the
-node's gravity-aligned target frame, where Key-Grid with yaw augmentation applies) can.
+symmetric sheet, whose half turn about its axis of symmetry is a rotation. ``SPRINConfig.up_cue`` gives the
+network an "up" read from the cloud itself (:func:`keygrid_ros.model.canonical.up_direction`: the side the
+relief rises to, which turns with the cloud), so the half turn is no longer a symmetry of what it sees.
 
 Determinism: the released network picks a random subset of each kNN neighbourhood and a random FPS start in
 every forward pass, at test time too. Here evaluation is deterministic by default (``neighbour_sampling=
