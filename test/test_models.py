@@ -20,7 +20,8 @@ MODELS = ROOT / 'models'
 #: What ships (issue: a T-shirt and a pants Key-Grid model, K = 8), and the garment each was trained on.
 SHIPPED = {'keygrid_tshirt.safetensors': 'tshirt', 'keygrid_pants.safetensors': 'pants'}
 #: USEEK students: file -> the shipped teacher it was distilled from.
-STUDENTS = {'useek_tshirt.safetensors': 'keygrid_tshirt.safetensors'}
+STUDENTS = {'useek_tshirt.safetensors': 'keygrid_tshirt.safetensors',
+            'useek_pants.safetensors': 'keygrid_pants.safetensors'}
 SAMPLE_MESH = ROOT / 'data' / 'samples' / 'tshirt_fold_mesh.npz'
 
 
@@ -96,7 +97,9 @@ def test_shipped_student_keypoints_move_with_the_garment(name):
     keypoints with it (SE(3) equivariance of the shipped weights, to float32 tolerance)."""
     model = load_keypoint_model(MODELS / name, device='cpu', model_type='useek')
     dataset = SequenceDataset([SAMPLE_MESH], num_points=2048, keypoints=False)
-    points = torch.stack([dataset[i]['points'] for i in (0, 21)]).double()  # (2, 2048, 3) normalised
+    # Frames with relief: frame 0 lies perfectly flat, where the relief's up (model/canonical.py), which the
+    # up-cue students read, has no sign, and a rotation's float32 rounding may pick the other mirror answer.
+    points = torch.stack([dataset[i]['points'] for i in (10, 21)]).double()  # (2, 2048, 3) normalised
     rotation = ops.random_rotations(1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)[0]
     shift = torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64)
     reference = model.predict(points.float().numpy()).keypoints
