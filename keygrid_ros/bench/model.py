@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         'keygrid, off for useek')
     parser.add_argument('--model-type', choices=('keygrid', 'useek'), default='keygrid',
                         help='useek: the SPRIN student (same options and keys)')
+    parser.add_argument('--up-cue', action='store_true',
+                        help="useek only: the student with SPRINConfig.up_cue (the shipped students' setting)")
     parser.add_argument('--bf16', action='store_true', help='bfloat16 autocast for inference and training')
     parser.add_argument('--train-amp', choices=('bf16', 'off'), default='bf16',
                         help="the training step's mixed precision, by the trainer's rule (default, as `keygrid "

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    net = SPRINSeg(SPRINConfig(num_points=args.points)).to(device)
+    net = SPRINSeg(SPRINConfig(num_points=args.points, up_cue=bool(getattr(args, 'up_cue', False)))).to(device)
     student = StudentNet(net).eval()
     infer = torch.compile(student, dynamic=False) if args.compile else student
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> dict:
         'compile': bool(args.compile),
         'bf16': bool(args.bf16),
         'hard_keypoints': False,
+        'up_cue': net.config.up_cue,
         'points': args.points,
         'params': sum(p.numel() for p in net.parameters()),
         'load_avg': round(os.getloadavg()[0], 2),
