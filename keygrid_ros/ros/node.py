@@ -288,12 +288,6 @@ class DetectorNode:
             model = self._load_model(path, merged['model_type'], device, compiled, merged['canonicalize'])
         self.detector = Detector(model, _preprocess_config(merged), device=device,
                                  keypoint_mode=merged['keypoint_mode'], smoothing=merged['smoothing'])
-        if merged['model_type'] == 'useek' and merged['keypoint_mode'] == 'hard':
-            # Not an error (hard keypoints are points on the cloth), but not what the student was measured in.
-            self.logger.warning('model_type useek with keypoint_mode: hard snaps each keypoint to its arg-max '
-                                'point; on a mirror-symmetric garment that lands on either side at random (held-out '
-                                'T-shirt DAS 48 instead of 67 with the weighted means). Set keypoint_mode:=snapped '
-                                "or soft for the student's own weighted means (models/README.md).")
         if merged['model_type'] == 'useek' and merged['canonicalize'] != 'none':
             self.logger.warning(f"canonicalize: {merged['canonicalize']} is ignored for model_type useek: the "
                                 'student is SE(3)-invariant already')
