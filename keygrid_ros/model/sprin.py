@@ -244,15 +244,15 @@ def pair_descriptor(neighbours: torch.Tensor, centres: torch.Tensor, chiral: boo
         shape = l2.shape[:-1] + (1,)
         parts = [angle, pj.norm(dim=-1, keepdim=True), n1, n2, n3,
                  _cos(l1, l2, n1, n2), _cos(l2, l3, n2, n3), _cos(l3, l1, n3, n1)]
+        if chiral or up is not None:  # both reflection-odd entries are volumes spanned with this normal
+            normal = torch.linalg.cross(*torch.broadcast_tensors(l2, -l3))  # (p_j - p_i) x (m - p_i)
         if chiral:
-            l2_b, m_pi = torch.broadcast_tensors(l2, -l3)  # p_j - p_i and m - p_i
-            volume = (torch.linalg.cross(l2_b, m_pi) * pi_b).sum(-1, keepdim=True)  # det[p_j - p_i, m - p_i, p_i]
+            volume = (normal * pi_b).sum(-1, keepdim=True)  # det[p_j - p_i, m - p_i, p_i]
             parts.append(volume / (n2 * n3 * pi.norm(dim=-1, keepdim=True) + 1e-7))
         if up is not None:
             u = up.to(dtype).view(up.shape[0], 1, 1, 3)
-            l2_b, m_pi = torch.broadcast_tensors(l2, -l3)
             parts += [(l2 * u).sum(-1, keepdim=True) / (n2 + 1e-7), (pj * u).sum(-1, keepdim=True),
-                      (torch.linalg.cross(l2_b, m_pi) * u).sum(-1, keepdim=True) / (n2 * n3 + 1e-7)]
+                      (normal * u).sum(-1, keepdim=True) / (n2 * n3 + 1e-7)]
         return torch.cat([p.expand(shape) for p in parts], dim=-1)
 
 
