@@ -57,3 +57,12 @@ def normalize(points: np.ndarray) -> tuple[np.ndarray, Normalization]:
         norms = [Normalization.fit(frame) for frame in points]
         return np.stack([n.apply(f) for n, f in zip(norms, points)]), norms
     raise ValueError(f'expected (N, 3) or (T, N, 3) points, got shape {points.shape}')
+
+
+def fit_batch(points):
+    """The same rule for a batch of torch clouds ``points`` (B, N, 3), per cloud: ``(offset, scale)``, each
+    (B, 1, 1), with ``normalised = (points - offset) * scale - 1`` and ``points = (normalised + 1) / scale +
+    offset``. For paths that normalise inside a batched model call (``KeypointModel(canonicalize=...)``)."""
+    offset = points.amin(dim=(1, 2), keepdim=True)
+    extent = points.amax(dim=(1, 2), keepdim=True) - offset
+    return offset, (2.0 / extent).where(extent > 0, extent.new_ones(()))  # degenerate: scale 1, as fit

@@ -11,7 +11,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 import torch
 
-from keygrid_ros.normalize import Normalization
+from keygrid_ros.normalize import Normalization, fit_batch
 from keygrid_ros.perception.clustering import euclidean_clusters
 from keygrid_ros.perception.filters import transform_and_crop, voxel_downsample
 from keygrid_ros.perception.plane import fit_plane
@@ -278,6 +278,14 @@ def test_nearest_center_selection_prefers_the_central_cluster(rng):
 def test_normalization_roundtrip_on_degenerate_cloud():
     norm = Normalization.fit(np.ones((10, 3), np.float32))
     np.testing.assert_allclose(norm.invert(norm.apply(np.ones((10, 3), np.float32))), 1.0)
+
+
+def test_batched_normalisation_fits_each_cloud_as_the_numpy_rule_does(rng):
+    clouds = np.stack([rng.normal(size=(50, 3)) * 0.3 + 1.0, np.ones((50, 3))])  # an ordinary and a degenerate one
+    offset, scale = fit_batch(torch.from_numpy(clouds))
+    for cloud, o, s in zip(clouds, offset.flatten().tolist(), scale.flatten().tolist()):
+        norm = Normalization.fit(cloud)
+        assert (o, s) == pytest.approx((norm.offset, norm.scale), rel=1e-12)
 
 
 @pytest.mark.parametrize('thing, fragment', [

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..normalize import fit_batch
 from ..params import CANONICALIZATIONS
 from . import canonical
 from .config import KeyGridConfig
@@ -159,11 +160,9 @@ class KeypointModel:
         ``x``'s coordinates. The per-point weights need no change: the points keep their order.
         """
         turned, rotation, centre = canonical.canonicalize(x, self.canonicalize)
-        lo = turned.amin(dim=(1, 2), keepdim=True)  # Key-Grid's scalar min-max normalisation (normalize.py)
-        extent = turned.amax(dim=(1, 2), keepdim=True) - lo
-        scale = 2.0 / torch.where(extent > 0, extent, torch.ones_like(extent))
-        keypoints, weights, strengths = self._run((turned - lo) * scale - 1.0)
-        keypoints = ((keypoints + 1.0) / scale + lo) @ rotation + centre
+        offset, scale = fit_batch(turned)  # Key-Grid's scalar min-max normalisation, refitted to the turned cloud
+        keypoints, weights, strengths = self._run((turned - offset) * scale - 1.0)
+        keypoints = ((keypoints + 1.0) / scale + offset) @ rotation + centre
         return keypoints, weights, strengths
 
     def warmup(self, batch: int = 1, num_points: int | None = None) -> None:
