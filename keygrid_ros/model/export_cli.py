@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 import sys
 
@@ -37,7 +36,7 @@ def export_model(source: Path, out: Path, weights_dtype: str, softmax_temperatur
     student, ``softmax_temperature`` when given); a summary dict."""
     from .io import checksum, read_safetensors, stored_weights, write_model_file
     from .student import FORMAT as STUDENT_FORMAT
-    from .student import load_keypoint_model
+    from .student import load_keypoint_model, valid_temperature
 
     if source.resolve() == out.resolve():
         raise ValueError('the output must be another file than the source (it is written while the source is read)')
@@ -47,7 +46,7 @@ def export_model(source: Path, out: Path, weights_dtype: str, softmax_temperatur
     if softmax_temperature is not None:
         if raw.get('format') != STUDENT_FORMAT:
             raise ValueError('--softmax-temperature applies to USEEK student files only')
-        if not (math.isfinite(softmax_temperature) and softmax_temperature > 0):
+        if not valid_temperature(softmax_temperature):
             raise ValueError(f'--softmax-temperature must be a positive number, got {softmax_temperature}')
         extra['softmax_temperature'] = json.dumps(float(softmax_temperature))
     # Widen first so that float16 -> float32 -> float16 is exact and float32 output of a float16 file works.

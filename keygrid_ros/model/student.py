@@ -184,14 +184,19 @@ def load_student(path: str | os.PathLike, config: SPRINConfig | None = None, dev
     return net.to(device).eval(), metadata
 
 
+def valid_temperature(value: Any) -> bool:
+    """Whether ``value`` can be a file's ``softmax_temperature``: a finite number > 0 (not a bool)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and value > 0)
+
+
 def _decode(path: Path, raw: dict[str, str]) -> dict[str, Any]:
     metadata = decode_header(path, raw, file_format=FORMAT, format_version=FORMAT_VERSION,
                              what='a USEEK student model file', required=_REQUIRED_KEYS, json_keys=_JSON_KEYS,
                              config_from_dict=SPRINConfig.from_dict,
                              hint='; a Key-Grid model is loaded with model_type keygrid')
     temperature = metadata.get('softmax_temperature')
-    if temperature is not None and not (isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
-                                        and math.isfinite(temperature) and temperature > 0):
+    if temperature is not None and not valid_temperature(temperature):
         raise ModelFileError(f'{path}: softmax_temperature must be a positive number, got {temperature!r}')
     K = metadata['config'].num_keypoints
     if len(metadata['keypoint_names']) != K:
