@@ -85,9 +85,7 @@ def load_keypoint_fn(model_path: str, device: str = 'auto', mode: str = 'file', 
     if mode != 'file' and mode not in KEYPOINT_MODES:
         raise ValueError(f'keypoint mode {mode!r} is not file or one of {list(KEYPOINT_MODES)}')
     hard = None if mode == 'file' else mode == 'hard'  # snapped: the soft keypoints, snapped below
-    if canonicalize not in CANONICALIZATIONS:
-        raise ValueError(f'canonicalize {canonicalize!r} is not one of {list(CANONICALIZATIONS)}')
-    extra = {}
+    extra = {}  # an unknown canonicalize is refused by KeypointModel
     if canonicalize != 'none':
         if model_type_of(model_path) != 'keygrid':
             raise ValueError(f'{model_path}: canonicalize applies to Key-Grid models; a student is SE(3)-invariant')
