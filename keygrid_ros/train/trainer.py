@@ -266,7 +266,7 @@ def _train(config: TrainConfig, resume: bool | str, ddp: Distributed) -> TrainRe
         if das is not None:
             metrics.update(val_das=das['das'], val_das_reference_frame=das['das_reference_frame'],
                            val_das_correspondence=das['das_correspondence'], val_by_motion=das['by_motion'],
-                           val_coverage=das['coverage'], val_selection_score=evaluate.selection_score(das))
+                           val_coverage=das['coverage'], val_selection_score=das['selection_score'])
         save_model(path, net, keypoint_names=keypoint_names, metrics=metrics,
                    training_data={**training_data, 'clouds_seen': clouds_seen, 'steps': step, 'epochs': epoch_now})
 
@@ -322,8 +322,8 @@ def _train(config: TrainConfig, resume: bool | str, ddp: Distributed) -> TrainRe
                 report = _validate(net, val, config) if periodic or last else None
                 if report is not None:
                     last_das = report['das']
+                    report['selection_score'] = score = evaluate.selection_score(report)  # once, for all below
                     _log_validation(writer, run_dir, report, epoch, step)
-                    score = evaluate.selection_score(report)
                     log.info('epoch %d: validation DAS %.1f (reference frame %.1f), coverage %.2f, score %.1f',
                              epoch, report['das'], report['das_reference_frame'], report['coverage'], score)
                     if best_score is None or score > best_score:
@@ -356,10 +356,9 @@ def _log_validation(writer, run_dir: Path, report: dict[str, Any], epoch: int, s
     writer.add_scalar('val/das', report['das'], step)
     writer.add_scalar('val/das_reference_frame', report['das_reference_frame'], step)
     writer.add_scalar('val/coverage', report['coverage'], step)
-    writer.add_scalar('val/selection_score', evaluate.selection_score(report), step)
+    writer.add_scalar('val/selection_score', report['selection_score'], step)
     for motion, scores in report['by_motion'].items():
         writer.add_scalar(f'val/das_{motion}', scores['das'], step)
-    line = {'epoch': epoch, 'step': step, **{k: v for k, v in report.items() if k != 'sequences'},
-            'selection_score': evaluate.selection_score(report)}
+    line = {'epoch': epoch, 'step': step, **{k: v for k, v in report.items() if k != 'sequences'}}
     with open(run_dir / 'metrics.jsonl', 'a') as fh:
         fh.write(evaluate.to_json(line) + '\n')
