@@ -25,7 +25,7 @@ import yaml
 from keygrid_ros.data.dataset import SequenceDataset
 from keygrid_ros.data.sequences import Sequence, save_sequence
 from keygrid_ros.model.config import KeyGridConfig
-from keygrid_ros.model.io import save_model
+from keygrid_ros.model.io import ModelFileError, save_model
 from keygrid_ros.model.keygrid import KeyGrid
 from keygrid_ros.model.sprin import SPRINConfig, SPRINSeg, normalize_input
 from keygrid_ros.model.student import StudentModel, read_student_metadata
@@ -254,6 +254,39 @@ def test_resume_continues_exactly(data_dir, tmp_path):
     opt_a = load_checkpoint(straight.run_dir / 'checkpoint.pt')['optimizer']['state']
     opt_b = load_checkpoint(resumed.run_dir / 'checkpoint.pt')['optimizer']['state']
     assert all(torch.equal(opt_a[i]['exp_avg_sq'], opt_b[i]['exp_avg_sq']) for i in opt_a)
+
+
+def test_init_starts_from_a_student_file_and_checks_its_architecture(distilled, data_dir, tmp_path):
+    _, source = distilled
+    source_file = source.run_dir / 'model_last.safetensors'
+    quiet = dict(val_das=False, val_se3=False, val_teacher=False)
+    # One step at a learning rate too small to move a weight (batch-norm statistics do move): the weights that
+    # come out are those that went in.
+    tuned = distill(tiny_config(data_dir, tmp_path, run_name='tuned', init=str(source_file), lr=1e-12, max_steps=1,
+                                **quiet), teacher=GeometricTeacher())
+    start = dict(source.student.named_parameters())
+    for name, value in tuned.student.named_parameters():
+        assert torch.allclose(value, start[name], atol=1e-6), name
+    meta = read_student_metadata(tuned.run_dir / 'model_last.safetensors')
+    assert meta['training_data']['init'] == {'file': 'model_last.safetensors', 'epochs': 12,
+                                             'weights_sha256': read_student_metadata(source_file)['weights_sha256']}
+    # ... and a random start is far from it, so the check above can fail.
+    fresh = distill(tiny_config(data_dir, tmp_path, run_name='fresh', lr=1e-12, max_steps=1, **quiet),
+                    teacher=GeometricTeacher())
+    assert any(not torch.allclose(v, start[k], atol=1e-3) for k, v in fresh.student.named_parameters())
+    assert 'init' not in read_student_metadata(fresh.run_dir / 'model_last.safetensors')['training_data']
+
+    # Resuming the fine-tuning run keeps the record of where its weights came from.
+    resumed = distill(tiny_config(data_dir, tmp_path, run_name='tuned', init=str(source_file), lr=1e-12, max_steps=2,
+                                  **quiet), teacher=GeometricTeacher(), resume=True)
+    assert resumed.step == 2
+    assert read_student_metadata(resumed.run_dir / 'model_last.safetensors')['training_data']['init']['epochs'] == 12
+
+    # Another architecture is refused by field name, before any training.
+    with pytest.raises(ModelFileError, match='up_cue'):
+        distill(tiny_config(data_dir, tmp_path, run_name='mismatch', init=str(source_file), max_steps=1,
+                            student={'preset': 'tiny', 'up_cue': True}, **quiet), teacher=GeometricTeacher())
+    assert not (tmp_path / 'mismatch' / 'checkpoint.pt').exists()
 
 
 def test_single_sequence_holds_out_its_last_frames(data_dir, tmp_path):

@@ -47,7 +47,7 @@ from ..data.dataset import Augment, SequenceDataset
 from ..data.sequences import load_sequence
 from ..model.config import reject_unknown_fields
 from ..model.sprin import SPRINConfig, SPRINSeg, keypoints_from_logits, normalize_input
-from ..model.student import save_student
+from ..model.student import load_student, save_student
 from . import evaluate
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import apply_overrides, check_run_settings, portable_path, resolve_paths
@@ -90,6 +90,7 @@ class DistillConfig:
     """
 
     teacher: str = ''  # Key-Grid model file (``--teacher`` on the command line)
+    init: str = ''  # a student file to start from (fine-tuning); its architecture must be the one ``student`` gives
 
     # --- data ---
     train: list[str] = field(default_factory=list)
@@ -202,8 +203,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, tea
             if key in data:
                 entries = [data[key]] if isinstance(data[key], str) else list(data[key] or [])
                 data[key] = resolve_paths(entries, base)
-        if data.get('teacher'):
-            data['teacher'] = resolve_paths([data['teacher']], base)[0]
+        for key in ('teacher', 'init'):
+            if data.get(key):
+                data[key] = resolve_paths([data[key]], base)[0]
     overrides = list(overrides or [])
     data = apply_overrides(data, overrides)
     cwd = Path.cwd()
@@ -435,6 +437,24 @@ class DistillResult:
     teacher_das: dict[str, Any] | None
 
 
+def _start_from(net: SPRINSeg, path: str, config: SPRINConfig, teacher) -> dict[str, Any]:
+    """Load the student file ``path`` into ``net`` (a fine-tuning start) and describe it for the metadata.
+
+    Raises :class:`~keygrid_ros.model.io.ModelFileError` when the file's architecture is not ``config``'s (naming
+    the fields), before any training. A file distilled from another teacher is allowed (a new teacher's keypoint
+    order may differ, so it is logged): its weights are still a better start than random ones.
+    """
+    source, metadata = load_student(path, config)
+    net.load_state_dict(source.state_dict())
+    theirs = (metadata.get('teacher') or {}).get('weights_sha256')
+    ours = (getattr(teacher, 'info', None) or {}).get('weights_sha256')
+    if theirs != ours:
+        log.warning('init: %s was distilled from another teacher (%s); its keypoint order may not be this '
+                    "teacher's", path, (metadata.get('teacher') or {}).get('file', 'unknown'))
+    return {'file': Path(path).name, 'weights_sha256': metadata['weights_sha256'],
+            'epochs': (metadata.get('training_data') or {}).get('epochs')}
+
+
 def unaligned_simulations(files) -> list[str]:
     """Those of ``files`` that our simulator wrote (a garment pattern and a seed in their ``info``) and that
     ``keygrid align`` has not turned into the garment's canonical heading. Reads only the ``info`` entry."""
@@ -514,6 +534,8 @@ def _distill(config: DistillConfig, teacher, resume: bool | str, ddp: Distribute
     if len(keypoint_names) != K:
         raise ValueError(f'{len(keypoint_names)} keypoint names for a teacher with {K} keypoints')
 
+    init_info = _start_from(net, config.init, student_config, teacher) if config.init and not resume else None
+
     epoch, batch_done, step, clouds_seen = 0, 0, 0, 0
     best_bce: float | None = None
     last_report: dict[str, Any] | None = None
@@ -527,6 +549,7 @@ def _distill(config: DistillConfig, teacher, resume: bool | str, ddp: Distribute
         clouds_seen, best_bce = state['clouds_seen'], state['best_bce']
         last_report = json.loads(state['last_report'])
         teacher_das = json.loads(state['teacher_das'])
+        init_info = json.loads(state.get('init', 'null'))  # where the weights first came from, if not random
         restore_rng(state['rng'], config.seed, step, ddp)
         if ddp.main:
             log.info('resuming %s at epoch %d, batch %d, step %d', run_dir, epoch, batch_done, step)
@@ -560,6 +583,8 @@ def _distill(config: DistillConfig, teacher, resume: bool | str, ddp: Distribute
         'pseudo_labels': {'expand': config.expand, 'dist_threshold': config.dist_threshold,
                           'negative_sampling_factor': config.negative_sampling_factor},
     }
+    if init_info is not None:
+        training_data['init'] = init_info
     teacher_info = dict(getattr(teacher, 'info', {}) or {})
 
     def write_checkpoint(epoch_now: int, batch_now: int) -> None:
@@ -570,7 +595,7 @@ def _distill(config: DistillConfig, teacher, resume: bool | str, ddp: Distribute
                 'model': net.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
                 'epoch': epoch_now, 'batch_in_epoch': batch_now, 'step': step, 'clouds_seen': clouds_seen,
                 'best_bce': best_bce, 'last_report': json.dumps(last_report), 'teacher_das': json.dumps(teacher_das),
-                'rng': rngs, 'config': json.dumps(config.to_dict()),
+                'rng': rngs, 'config': json.dumps(config.to_dict()), 'init': json.dumps(init_info),
             })
 
     def export(path: Path, report: dict | None, epoch_now: int) -> None:
