@@ -347,6 +347,16 @@ def test_cli_distils_a_keygrid_model_file(data_dir, tmp_path):
     missing = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and 'no teacher' in missing.stderr
 
+    # --init: fine-tune that student (the file's record says so); another architecture exits 2, naming the field.
+    tuned = subprocess.run([*cmd, '--teacher', str(teacher_path), '--init', summary['model'], 'run_name=tuned'],
+                           env=_env(), capture_output=True, text=True, timeout=300)
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    tuned_meta = read_student_metadata(json.loads(tuned.stdout.strip().splitlines()[-1])['model'])
+    assert tuned_meta['training_data']['init']['weights_sha256'] == meta['weights_sha256']
+    other = subprocess.run([*cmd, '--teacher', str(teacher_path), '--init', summary['model'], 'student.chiral=true',
+                            'run_name=other'], env=_env(), capture_output=True, text=True, timeout=300)
+    assert other.returncode == 2 and 'chiral' in other.stderr
+
 
 def _free_port() -> int:
     with socket.socket() as s:

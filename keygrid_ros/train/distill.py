@@ -184,11 +184,11 @@ class DistillConfig:
         return cls(**data)
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None, teacher: str | None = None
-                ) -> DistillConfig:
-    """YAML file (``None``: defaults) + ``key=value`` overrides (+ ``teacher``) -> a validated config.
+def load_config(path: str | Path | None, overrides: list[str] | None = None, teacher: str | None = None,
+                init: str | None = None) -> DistillConfig:
+    """YAML file (``None``: defaults) + ``key=value`` overrides (+ ``teacher``, ``init``) -> a validated config.
 
-    Paths in the YAML (data, teacher) resolve against its folder; those given on the command line against
+    Paths in the YAML (data, teacher, init) resolve against its folder; those given on the command line against
     the current directory.
     """
     data: dict[str, Any] = {}
@@ -215,6 +215,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, tea
             data[key] = resolve_paths(entries, cwd)
     if teacher:
         data['teacher'] = str(Path(teacher))
+    if init:
+        data['init'] = str(Path(init))
     config = DistillConfig.from_dict(data)
     config.student_config(2)  # fail now, not after loading the data and the teacher, on a bad student setting
     return config

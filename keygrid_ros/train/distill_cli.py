@@ -17,6 +17,9 @@ import sys
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--teacher', help='Key-Grid model file (.safetensors); overrides teacher: in the config')
+    parser.add_argument('--init', metavar='STUDENT',
+                        help='student file to start from instead of random weights (fine-tuning); its architecture '
+                             'must match student: in the config; overrides init: in the config')
     parser.add_argument('--config', help='distillation config (YAML); see config/distill_useek.yaml')
     parser.add_argument('overrides', nargs='*', metavar='KEY=VALUE',
                         help='override settings, e.g. epochs=5 lr=3e-4 student.preset=tiny')
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from .trainer import NonFiniteLossError
 
     try:
-        config = load_config(args.config, args.overrides, teacher=args.teacher)
+        config = load_config(args.config, args.overrides, teacher=args.teacher, init=args.init)
     except (OSError, ValueError) as exc:
         print(f'keygrid distill: {exc}', file=sys.stderr)
         return 2
