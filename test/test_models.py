@@ -88,7 +88,10 @@ def test_shipped_student_metadata_names_its_shipped_teacher(name):
     # What its card promises (session 6): distilled on aligned sequences, with the relief's up and a sharper
     # softmax than the released 1.
     assert meta['config'].up_cue and 0 < meta['softmax_temperature'] < 1
-    assert all('/aligned/' in p for p in train)
+    # The card's commands write aligned sequences to out/aligned (session 6) and out/aligned_medium (session 7).
+    assert all(Path(p).parent.parent.name in ('aligned', 'aligned_medium') for p in train), train[:2]
+    if 'init' in meta['training_data']:  # fine-tuned: from a student of the same teacher, as the card says
+        assert meta['training_data']['init']['file'] == name
 
 
 @pytest.mark.parametrize('name', sorted(STUDENTS))

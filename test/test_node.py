@@ -307,7 +307,7 @@ def test_a_student_with_canonicalize_gets_one_warning_that_it_is_ignored(caplog)
     assert 'ignored' in warning.getMessage() and 'SE(3)-invariant' in warning.getMessage()
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        # The shipped students' arg-max keypoints score like their means (70.0 / 70.2): no warning any more.
+        # The session-6 students' arg-max keypoints scored like their means (70.0 / 70.2): no warning any more.
         DetectorNode({'model_type': 'useek', 'keypoint_mode': 'hard'}, lambda *_: None, model=StubModel())
         DetectorNode({'canonicalize': 'frame'}, lambda *_: None, model=StubModel())
     assert not [r for r in caplog.records if 'useek' in r.getMessage()]
