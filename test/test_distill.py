@@ -111,6 +111,18 @@ def test_unaligned_simulations_are_found_from_the_info_alone(tmp_path):
     assert unaligned_simulations(files) == [str(tmp_path / 'random_yaw.npz')]
 
 
+
+def test_student_metadata_counts_unaligned_simulations(data_dir, tmp_path):
+    # A simulator file at random yaw among the training data: the distiller warns and the student file says so.
+    seq = taper_sequence(phase=0.2)
+    seq.info = {'garment': 'tshirt', 'seed': 3, 'pattern': {'width': 0.5}}
+    save_sequence(tmp_path / 'data' / 'simulated.npz', seq)
+    config = tiny_config(data_dir, tmp_path, train=[str(data_dir / 'train'), str(tmp_path / 'data')], max_steps=1,
+                         val_das=False, val_se3=False, val_teacher=False)
+    result = distill(config, teacher=GeometricTeacher())
+    meta = read_student_metadata(result.run_dir / 'model_last.safetensors')
+    assert meta['training_data']['unaligned_simulations'] == 1
+
 def test_pseudo_labels_on_a_hand_made_case():
     # Points on a line at x = 0, 0.1, ..., 1. Keypoint 0 at x = 0.5 is scaled to 0.6; distances |x - 0.6| span
     # [0, 0.6], so normalised < 0.1 means |x - 0.6| < 0.06: only x = 0.6. Keypoint 1 at x = 0.8 goes to 0.96;
@@ -230,6 +242,7 @@ def test_model_files_are_students_of_their_teacher(distilled):
         assert meta['teacher'] == GeometricTeacher.info and meta['keypoint_names'] == GeometricTeacher.keypoint_names
         assert meta['training_data']['pseudo_labels'] == {'expand': 1.2, 'dist_threshold': 0.1,
                                                           'negative_sampling_factor': 3.0}
+        assert meta['training_data']['unaligned_simulations'] == 0  # tapers are not simulator files
     model = StudentModel.load(result.run_dir / 'model_last.safetensors', device='cpu')
     assert all(torch.equal(model.detector.net.state_dict()[k], v) for k, v in result.student.state_dict().items())
     assert model.metadata['metrics']['val_bce'] == pytest.approx(result.last_report['bce'])

@@ -585,6 +585,8 @@ def _distill(config: DistillConfig, teacher, resume: bool | str, ddp: Distribute
         'pseudo_labels': {'expand': config.expand, 'dist_threshold': config.dist_threshold,
                           'negative_sampling_factor': config.negative_sampling_factor},
     }
+    # Whether the labels could agree across sequences (see unaligned_simulations): part of a student's provenance.
+    training_data['unaligned_simulations'] = len(unaligned)
     if init_info is not None:
         training_data['init'] = init_info
     teacher_info = dict(getattr(teacher, 'info', {}) or {})
