@@ -111,7 +111,6 @@ def test_unaligned_simulations_are_found_from_the_info_alone(tmp_path):
     assert unaligned_simulations(files) == [str(tmp_path / 'random_yaw.npz')]
 
 
-
 def test_student_metadata_counts_unaligned_simulations(data_dir, tmp_path):
     # A simulator file at random yaw among the training data: the distiller warns and the student file says so.
     seq = taper_sequence(phase=0.2)
@@ -122,6 +121,7 @@ def test_student_metadata_counts_unaligned_simulations(data_dir, tmp_path):
     result = distill(config, teacher=GeometricTeacher())
     meta = read_student_metadata(result.run_dir / 'model_last.safetensors')
     assert meta['training_data']['unaligned_simulations'] == 1
+
 
 def test_pseudo_labels_on_a_hand_made_case():
     # Points on a line at x = 0, 0.1, ..., 1. Keypoint 0 at x = 0.5 is scaled to 0.6; distances |x - 0.6| span

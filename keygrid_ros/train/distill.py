@@ -439,20 +439,20 @@ class DistillResult:
     teacher_das: dict[str, Any] | None
 
 
-def _start_from(net: SPRINSeg, path: str, config: SPRINConfig, teacher) -> dict[str, Any]:
+def _start_from(net: SPRINSeg, path: str, config: SPRINConfig, teacher_info: dict[str, Any]) -> dict[str, Any]:
     """Load the student file ``path`` into ``net`` (a fine-tuning start) and describe it for the metadata.
 
     Raises :class:`~keygrid_ros.model.io.ModelFileError` when the file's architecture is not ``config``'s (naming
-    the fields), before any training. A file distilled from another teacher is allowed (a new teacher's keypoint
-    order may differ, so it is logged): its weights are still a better start than random ones.
+    the fields), before any training. A file distilled from another teacher than ``teacher_info`` describes is
+    allowed (a new teacher's keypoint order may differ, so it is logged): its weights are still a better start
+    than random ones.
     """
     source, metadata = load_student(path, config)
     net.load_state_dict(source.state_dict())
-    theirs = (metadata.get('teacher') or {}).get('weights_sha256')
-    ours = (getattr(teacher, 'info', None) or {}).get('weights_sha256')
-    if theirs != ours:
-        log.warning('init: %s was distilled from another teacher (%s); its keypoint order may not be this '
-                    "teacher's", path, (metadata.get('teacher') or {}).get('file', 'unknown'))
+    its_teacher = metadata.get('teacher') or {}
+    if its_teacher.get('weights_sha256') != teacher_info.get('weights_sha256'):
+        log.warning("init: %s was distilled from another teacher (%s); its keypoint order may not be this "
+                    "teacher's", path, its_teacher.get('file', 'unknown'))
     return {'file': Path(path).name, 'weights_sha256': metadata['weights_sha256'],
             'epochs': (metadata.get('training_data') or {}).get('epochs')}
 
@@ -536,7 +536,8 @@ def _distill(config: DistillConfig, teacher, resume: bool | str, ddp: Distribute
     if len(keypoint_names) != K:
         raise ValueError(f'{len(keypoint_names)} keypoint names for a teacher with {K} keypoints')
 
-    init_info = _start_from(net, config.init, student_config, teacher) if config.init and not resume else None
+    teacher_info = dict(getattr(teacher, 'info', {}) or {})
+    init_info = _start_from(net, config.init, student_config, teacher_info) if config.init and not resume else None
 
     epoch, batch_done, step, clouds_seen = 0, 0, 0, 0
     best_bce: float | None = None
@@ -584,12 +585,11 @@ def _distill(config: DistillConfig, teacher, resume: bool | str, ddp: Distribute
         'num_points': config.num_points, 'sampling': config.sampling,
         'pseudo_labels': {'expand': config.expand, 'dist_threshold': config.dist_threshold,
                           'negative_sampling_factor': config.negative_sampling_factor},
+        # Whether the labels could agree across sequences (see unaligned_simulations): part of the provenance.
+        'unaligned_simulations': len(unaligned),
     }
-    # Whether the labels could agree across sequences (see unaligned_simulations): part of a student's provenance.
-    training_data['unaligned_simulations'] = len(unaligned)
     if init_info is not None:
         training_data['init'] = init_info
-    teacher_info = dict(getattr(teacher, 'info', {}) or {})
 
     def write_checkpoint(epoch_now: int, batch_now: int) -> None:
         sync_buffers(net, ddp)
