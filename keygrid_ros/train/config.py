@@ -39,6 +39,11 @@ class TrainConfig:
     # --- model: any KeyGridConfig field (num_keypoints, grid_resolution, use_grid_heatmap, ...) ---
     model: dict[str, Any] = field(default_factory=dict)
 
+    # --- where the weights start, and the optional correspondence loss (keygrid_ros.train.correspondence) ---
+    init: str = ''  # a Key-Grid model file to start from (fine-tuning); its architecture must be ``model``'s
+    correspondence_weight: float = 0.0  # weight of the correspondence loss; 0 = off (released)
+    correspondence_gap: int = 16  # the paired frames of one sequence are at most this many frames apart
+
     # --- optimisation (released: Adadelta lr 0.1 eps 1e-2, batch 8, 100 epochs, no shuffle) ---
     optimizer: str = 'adadelta'  # 'adadelta' (released) or 'adam' (the paper's text)
     lr: float = 0.1
@@ -77,6 +82,12 @@ class TrainConfig:
         if self.optimizer not in ('adadelta', 'adam'):
             raise ValueError(f"optimizer must be 'adadelta' or 'adam', got {self.optimizer!r}")
         check_run_settings(self)
+        if self.correspondence_weight < 0 or self.correspondence_gap < 1:
+            raise ValueError('correspondence_weight must be >= 0 and correspondence_gap >= 1, got '
+                             f'{self.correspondence_weight} and {self.correspondence_gap}')
+        if self.correspondence_weight > 0 and self.batch_size % 2:
+            raise ValueError(f'the correspondence loss trains on pairs of frames: batch_size must be even, '
+                             f'got {self.batch_size}')
         if isinstance(self.train, str):
             self.train = [self.train]
         if isinstance(self.val, str):
@@ -162,8 +173,8 @@ def resolve_paths(entries: list[str], base: Path) -> list[str]:
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML file (``None``: defaults only), apply overrides, validate.
 
-    Data paths written in the YAML resolve against the YAML's folder, so a config can sit next to its
-    data; paths given as overrides resolve against the current directory.
+    Data paths (and ``init``) written in the YAML resolve against the YAML's folder, so a config can sit next
+    to its data; paths given as overrides resolve against the current directory.
     """
     data: dict[str, Any] = {}
     base = Path.cwd()
@@ -177,6 +188,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             if key in data:
                 entries = [data[key]] if isinstance(data[key], str) else list(data[key] or [])
                 data[key] = resolve_paths(entries, path.resolve().parent)
+        if data.get('init'):
+            data['init'] = resolve_paths([data['init']], path.resolve().parent)[0]
     overrides = list(overrides or [])
     data = apply_overrides(data, overrides)
     for key in ('train', 'val'):

@@ -42,11 +42,12 @@ from torch.utils.data import DataLoader
 
 from ..data.dataset import SequenceDataset
 from ..data.sequences import load_sequence
-from ..model.io import default_keypoint_names, save_model
+from ..model.io import default_keypoint_names, load_model, save_model
 from ..model.keygrid import KeyGrid, KeyGridOutput
 from . import evaluate
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, portable_path
+from .correspondence import correspondence_loss, last_frames, pair_frames
 from .runtime import (
     CHECKPOINT,
     MODEL_BEST,
@@ -104,23 +105,42 @@ def _optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
 # the loop
 
 
-def _train_step(model, net: KeyGrid, optimizer, scaler, points: torch.Tensor, similarity: bool,
-                config: TrainConfig, autocast_dtype: torch.dtype | None, ddp: Distributed) -> dict[str, float]:
-    """One optimiser step on ``points`` (B, N, 3). Raises :class:`NonFiniteLossError` before a bad update."""
+def _train_step(model, net: KeyGrid, optimizer, scaler, points: torch.Tensor, indices: torch.Tensor | None,
+                similarity: bool, config: TrainConfig, autocast_dtype: torch.dtype | None,
+                ddp: Distributed) -> dict[str, float]:
+    """One optimiser step on ``points`` (B, N, 3); ``indices`` (B, N) vertex ids of frame pairs when the
+    correspondence loss is on. Raises :class:`NonFiniteLossError` before a bad update."""
     with torch.autocast(points.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
         output = model(points, reconstruct=similarity)
     # The losses are nearest-neighbour distances: compute them in float32 whatever the forward ran in.
     output = KeyGridOutput(*(t.float() if isinstance(t, torch.Tensor) else t for t in output))
     losses = net.losses(points, output)
-    values = torch.stack([losses['loss'].detach(), losses['fps'], losses['sim']])
+    total, corr = losses['loss'], points.new_zeros(())
+    if indices is not None:
+        corr = correspondence_loss(points, indices, output.weights, output.keypoints)
+        total = total + config.correspondence_weight * corr
+    values = torch.stack([total.detach(), losses['fps'], losses['sim'], corr.detach()])
     if ddp.enabled:  # every rank must see the same verdict, or the others would hang in backward
         dist.all_reduce(values)
         values /= ddp.world
     if not torch.isfinite(values).all():
-        raise NonFiniteLossError(f'loss is {values[0].item()} (fps {values[1].item()}, sim {values[2].item()})')
-    grad_norm = optimizer_step(losses['loss'], net, optimizer, scaler, config.grad_clip)
-    loss, fps, sim = values.tolist()
-    return {'loss': loss, 'fps': fps, 'sim': sim, 'grad_norm': grad_norm}
+        raise NonFiniteLossError(f'loss is {values[0].item()} (fps {values[1].item()}, sim {values[2].item()}, '
+                                 f'correspondence {values[3].item()})')
+    grad_norm = optimizer_step(total, net, optimizer, scaler, config.grad_clip)
+    loss, fps, sim, corr_value = values.tolist()
+    return {'loss': loss, 'fps': fps, 'sim': sim, 'corr': corr_value, 'grad_norm': grad_norm}
+
+
+def _start_from(net: KeyGrid, path: str) -> dict[str, Any]:
+    """Load the Key-Grid file ``path`` into ``net`` (a fine-tuning start) and describe it for the metadata.
+
+    Raises :class:`~keygrid_ros.model.io.ModelFileError` (naming the fields) when the file's architecture is
+    not ``net``'s, or when it holds only an encoder, before any training step.
+    """
+    source, metadata = load_model(path, net.config)
+    net.load_state_dict(source.state_dict())
+    return {'file': Path(path).name, 'weights_sha256': metadata['weights_sha256'],
+            'epochs': (metadata.get('training_data') or {}).get('epochs')}
 
 
 def _validate(net: KeyGrid, val, config: TrainConfig) -> dict[str, Any] | None:
@@ -206,6 +226,7 @@ def _train(config: TrainConfig, resume: bool | str, ddp: Distributed) -> TrainRe
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
     keypoint_names = config.keypoint_names or default_keypoint_names(model_config.num_keypoints)
 
+    init_info = _start_from(net, config.init) if config.init and not resume else None
     epoch, batch_done, step, clouds_seen = 0, 0, 0, 0
     best_das: float | None = None
     best_score: float | None = None
@@ -218,6 +239,7 @@ def _train(config: TrainConfig, resume: bool | str, ddp: Distributed) -> TrainRe
         epoch, batch_done, step = state['epoch'], state['batch_in_epoch'], state['step']
         clouds_seen, best_das, last_das = state['clouds_seen'], state['best_das'], state['last_das']
         best_score = state.get('best_score', best_das)  # checkpoints before selection_score kept DAS alone
+        init_info = json.loads(state.get('init', 'null'))  # where the weights first came from, if not random
         restore_rng(state['rng'], config.seed, step, ddp)
         if ddp.main:
             log.info('resuming %s at epoch %d, batch %d, step %d', run_dir, epoch, batch_done, step)
@@ -249,6 +271,11 @@ def _train(config: TrainConfig, resume: bool | str, ddp: Distributed) -> TrainRe
         'num_points': config.num_points,
         'sampling': config.sampling,
     }
+    if init_info is not None:
+        training_data['init'] = init_info
+    if config.correspondence_weight:
+        training_data['correspondence'] = {'weight': config.correspondence_weight, 'gap': config.correspondence_gap}
+    pair_limit = last_frames(train_set, train_indices) if config.correspondence_weight else {}
 
     def write_checkpoint(epoch_now: int, batch_now: int) -> None:
         sync_buffers(net, ddp)  # collectives: all ranks call this
@@ -258,7 +285,7 @@ def _train(config: TrainConfig, resume: bool | str, ddp: Distributed) -> TrainRe
                 'model': net.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
                 'epoch': epoch_now, 'batch_in_epoch': batch_now, 'step': step, 'clouds_seen': clouds_seen,
                 'best_das': best_das, 'best_score': best_score, 'last_das': last_das, 'rng': rngs,
-                'config': json.dumps(config.to_dict()),
+                'config': json.dumps(config.to_dict()), 'init': json.dumps(init_info),
             })
 
     def export(path: Path, das: dict | None, epoch_now: int) -> None:
@@ -278,6 +305,8 @@ def _train(config: TrainConfig, resume: bool | str, ddp: Distributed) -> TrainRe
             train_set.set_epoch(epoch)
             batches = epoch_batches(len(train_indices), config, epoch, ddp)[batch_done:]
             batches = [[train_indices[i] for i in b] for b in batches]
+            if config.correspondence_weight:  # odd positions become partners of the frame before them
+                batches = pair_frames(batches, train_set, pair_limit, config.correspondence_gap, config.seed, epoch)
             # A private generator: creating the loader must not consume the global RNG (exact resume).
             loader = DataLoader(train_set, batch_sampler=batches, num_workers=config.num_workers,
                                 generator=torch.Generator().manual_seed(config.seed))
@@ -287,17 +316,20 @@ def _train(config: TrainConfig, resume: bool | str, ddp: Distributed) -> TrainRe
             throughput = Throughput()  # this epoch's steps only
             for batch in loader:
                 points = batch['points'].to(device, non_blocking=True)
-                stats = _train_step(model, net, optimizer, scaler, points, similarity, config, autocast_dtype, ddp)
+                indices = batch['indices'].to(device, non_blocking=True) if config.correspondence_weight else None
+                stats = _train_step(model, net, optimizer, scaler, points, indices, similarity, config,
+                                    autocast_dtype, ddp)
                 step += 1
                 batch_done += 1
                 clouds_seen += global_batch
                 throughput.step(global_batch)
                 if bar is not None:
                     bar.set_postfix(loss=f'{stats["loss"]:.4f}', fps=f'{stats["fps"]:.4f}',
-                                    sim=f'{stats["sim"]:.4f}', clouds_s=f'{throughput.rate:.1f}', refresh=False)
+                                    sim=f'{stats["sim"]:.4f}', corr=f'{stats["corr"]:.4f}',
+                                    clouds_s=f'{throughput.rate:.1f}', refresh=False)
                     bar.update()
                 if writer is not None and (step % config.log_every == 0 or step == 1):
-                    for key in ('loss', 'fps', 'sim', 'grad_norm'):
+                    for key in ('loss', 'fps', 'sim', 'corr', 'grad_norm'):
                         writer.add_scalar(f'train/{key}', stats[key], step)
                     writer.add_scalar('train/lr', optimizer.param_groups[0]['lr'], step)
                     writer.add_scalar('train/clouds_per_s', throughput.rate, step)

@@ -1,0 +1,87 @@
+"""Correspondence consistency: a keypoint should stay on the same cloth as the garment deforms.
+
+Key-Grid's own losses (farthest-point coverage, reconstruction) see one frame at a time, so nothing asks
+a keypoint to follow the cloth it sits on from one frame to the next; on folds, where the cloth is laid on
+itself and the outline changes, keypoints placed by the outline move to other cloth (``docs/results.md``).
+Simulated sequences keep their mesh, so the vertex index of every sampled point is a correspondence
+between any two frames of a sequence. This optional loss (``correspondence_weight`` in the training
+config; 0, the released setting, turns it off) uses it:
+
+    for a pair of frames (a, b) of one sequence and each keypoint k, the weights w_a[k] over frame a's
+    points name a piece of cloth; that cloth sits in frame b at  m_ab[k] = sum_n w_a[k, n] x_b[v_a(n)]
+    (x_b[v]: vertex v in frame b, normalised like frame b). The loss is || kp_b[k] - m_ab[k] ||^2,
+    both directions, mean over keypoints and pairs.
+
+It is the training-time form of DAS protocol B (which scores how often a keypoint's nearest tracked vertex
+changes) and needs no keypoint labels, only the mesh correspondence a simulator gives. Collapse (every
+keypoint on one spot) would satisfy it; the farthest-point loss prevents that, as it does for Key-Grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+
+def correspondence_loss(points: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor,
+                        keypoints: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance between each keypoint and where its partner frame's keypoint cloth went.
+
+    Args:
+        points: (2P, N, 3) clouds; rows 2p and 2p+1 are two frames of one sequence, each in its own
+            normalisation (and augmentation: only the vertex ids tie them together).
+        indices: (2P, N) int64 mesh vertex id of every point.
+        weights: (2P, K, N) each keypoint's weights over its cloud's points (rows sum to 1).
+        keypoints: (2P, K, 3) the keypoints (for Key-Grid, ``weights @ points``).
+
+    Returns a 0-d tensor. A keypoint's cloth that is missing from the partner's sample counts by the share
+    that is present (a partial view may not see it at all: then that keypoint adds nothing).
+    """
+    rows, num_points = indices.shape
+    if rows % 2:
+        raise ValueError(f'correspondence_loss needs pairs of frames (an even batch), got {rows} clouds')
+    partner = torch.arange(rows, device=indices.device) ^ 1  # 0<->1, 2<->3, ...
+    # slot[r, v]: a position in cloud r holding vertex v, or -1 where its sample lacks v.
+    slot = indices.new_full((rows, int(indices.max()) + 1), -1)
+    slot.scatter_(1, indices, torch.arange(num_points, device=indices.device).expand(rows, -1))
+    where = torch.gather(slot[partner], 1, indices)  # (2P, N): row r's points, located in the partner cloud
+    present = (where >= 0).to(weights.dtype)  # (2P, N)
+    moved = torch.gather(points[partner], 1, where.clamp_min(0).unsqueeze(-1).expand(-1, -1, 3))  # (2P, N, 3)
+    mass = (weights * present.unsqueeze(1)).sum(-1)  # (2P, K): share of each keypoint's cloth the partner has
+    target = torch.einsum('rkn,rnc->rkc', weights * present.unsqueeze(1), moved) / mass.clamp_min(1e-8).unsqueeze(-1)
+    squared = ((keypoints[partner] - target) ** 2).sum(-1)  # (2P, K)
+    return (mass * squared).mean()
+
+
+def pair_frames(batches: Sequence[Sequence[int]], dataset, allowed_last: dict[int, int], max_gap: int,
+                seed: int, epoch: int) -> list[list[int]]:
+    """Turn batches of dataset items into batches of frame pairs for :func:`correspondence_loss`.
+
+    Every odd position is replaced by a partner of the item before it: a frame of the same sequence at most
+    ``max_gap`` frames away (never past ``allowed_last[sequence]``, the last frame training may use, so a
+    held-out stretch stays held out). Batch sizes and counts do not change, so an epoch has the same steps
+    (and resumes the same way); partners are drawn from ``(seed, epoch, item)``, so a resumed run draws
+    the same ones. Batches must have an even size (the training config checks it).
+    """
+    paired = []
+    for batch in batches:
+        out = [int(i) for i in batch]
+        for i in range(0, len(out) - 1, 2):
+            sequence, frame = dataset.locate(out[i])
+            rng = np.random.default_rng([seed, epoch, out[i]])
+            offset = int(rng.integers(1, max_gap + 1)) * (1 if rng.random() < 0.5 else -1)
+            other = min(max(frame + offset, 0), allowed_last[sequence])
+            out[i + 1] = out[i] - frame + other
+        paired.append(out)
+    return paired
+
+
+def last_frames(dataset, indices: Sequence[int]) -> dict[int, int]:
+    """``{sequence: the last frame among indices}``: how far :func:`pair_frames` may reach in each sequence."""
+    last: dict[int, int] = {}
+    for index in indices:
+        sequence, frame = dataset.locate(int(index))
+        last[sequence] = max(frame, last.get(sequence, -1))
+    return last

@@ -1,0 +1,156 @@
+"""The correspondence loss (keypoints follow the cloth between two frames) and its frame pairing, against a
+brute-force reference, plus fine-tuning from a model file (``init``) and a training run with the loss on."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+from test_trainer import data_dir, tiny_config  # noqa: F401  (data_dir is a fixture)
+import torch
+
+from keygrid_ros.data.dataset import SequenceDataset
+from keygrid_ros.model.io import ModelFileError
+from keygrid_ros.train import trainer
+from keygrid_ros.train.config import TrainConfig
+from keygrid_ros.train.correspondence import correspondence_loss, last_frames, pair_frames
+
+
+def brute_force(points, indices, weights, keypoints) -> float:
+    """The loss by its definition, one pair, keypoint and point at a time."""
+    total, count = 0.0, 0
+    for r in range(points.shape[0]):
+        p = r ^ 1
+        position = {int(v): points[p, n] for n, v in enumerate(indices[p])}  # vertex id -> where it is in p
+        for k in range(weights.shape[1]):
+            mass, moved = 0.0, np.zeros(3)
+            for n, v in enumerate(indices[r]):
+                if int(v) in position:
+                    mass += weights[r, k, n]
+                    moved += weights[r, k, n] * position[int(v)]
+            if mass > 0:
+                total += mass * np.sum((keypoints[p, k] - moved / mass) ** 2)
+            count += 1
+    return total / count
+
+
+def random_pairs(rng, pairs=2, vertices=40, n=30, k=4, share=1.0):
+    """Clouds of ``pairs`` frame pairs sampling ``n`` of ``vertices`` vertices (a ``share`` of them common)."""
+    points = rng.normal(size=(2 * pairs, n, 3))
+    indices = np.stack([rng.choice(vertices if share == 1.0 else int(vertices / share), n, replace=False)
+                        for _ in range(2 * pairs)])
+    weights = rng.random((2 * pairs, k, n)) ** 4
+    weights /= weights.sum(-1, keepdims=True)
+    keypoints = np.einsum('rkn,rnc->rkc', weights, points)
+    return points, indices, weights, keypoints
+
+
+def loss_of(points, indices, weights, keypoints) -> float:
+    return correspondence_loss(torch.from_numpy(points), torch.from_numpy(indices), torch.from_numpy(weights),
+                               torch.from_numpy(keypoints)).item()
+
+
+@pytest.mark.parametrize('share', [1.0, 0.6])
+def test_loss_matches_the_brute_force_definition(share):
+    rng = np.random.default_rng(0)
+    args = random_pairs(rng, share=share)
+    assert loss_of(*args) == pytest.approx(brute_force(*args), rel=1e-9)
+    assert loss_of(*args) > 0.01
+
+
+def test_keypoints_that_stay_on_their_cloth_cost_nothing_and_a_swap_costs_its_distance():
+    rng = np.random.default_rng(1)
+    vertices, n, k = 50, 50, 3
+    frame_a, frame_b = rng.normal(size=(vertices, 3)), rng.normal(size=(vertices, 3))  # any deformation
+    per_vertex = rng.random((k, vertices)) ** 8  # each keypoint's weights belong to the vertices, not the sample
+    order_a, order_b = rng.permutation(vertices)[:n], rng.permutation(vertices)[:n]
+    points = np.stack([frame_a[order_a], frame_b[order_b]])
+    indices = np.stack([order_a, order_b])
+    weights = np.stack([per_vertex[:, order_a], per_vertex[:, order_b]])
+    weights /= weights.sum(-1, keepdims=True)
+    keypoints = np.einsum('rkn,rnc->rkc', weights, points)
+    assert loss_of(points, indices, weights, keypoints) == pytest.approx(0.0, abs=1e-20)
+
+    # Frame b names keypoints 0 and 1 the other way round (weights and positions, as a model would).
+    swapped_w, swapped_kp = weights.copy(), keypoints.copy()
+    swapped_w[1, [0, 1]], swapped_kp[1, [0, 1]] = weights[1, [1, 0]], keypoints[1, [1, 0]]
+    gap_a = np.sum((keypoints[0, 0] - keypoints[0, 1]) ** 2)
+    gap_b = np.sum((keypoints[1, 0] - keypoints[1, 1]) ** 2)
+    # Each direction finds keypoints 0 and 1 misplaced by their distance in the frame it compares in.
+    expected = (2 * gap_a + 2 * gap_b) / (2 * k)
+    assert loss_of(points, indices, swapped_w, swapped_kp) == pytest.approx(expected, rel=1e-9)
+
+
+def test_the_loss_reaches_the_weights_and_needs_pairs():
+    rng = np.random.default_rng(2)
+    points, indices, weights, _ = random_pairs(rng)
+    w = torch.from_numpy(weights).requires_grad_()
+    p = torch.from_numpy(points)
+    correspondence_loss(p, torch.from_numpy(indices), w, torch.einsum('rkn,rnc->rkc', w, p)).backward()
+    assert w.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match='pairs'):
+        correspondence_loss(p[:3], torch.from_numpy(indices[:3]), w[:3].detach(), p[:3, :4])
+
+
+def test_pairs_are_nearby_frames_of_the_same_sequence_drawn_reproducibly(data_dir, tmp_path):  # noqa: F811
+    dataset = SequenceDataset(sorted(data_dir.glob('*.npz')), num_points=64)  # 3 sequences x 10 frames
+    anchors = [0, 3, 9, 12, 25, 29]
+    allowed = {0: 9, 1: 9, 2: 6}  # the last 3 frames of sequence 2 are held out
+    batches = [anchors[:4], anchors[4:]]
+    paired = pair_frames(batches, dataset, allowed, max_gap=2, seed=0, epoch=1)
+    assert [len(b) for b in paired] == [4, 2]
+    for batch in paired:
+        for anchor, partner in zip(batch[::2], batch[1::2]):
+            (seq_a, frame_a), (seq_p, frame_p) = dataset.locate(anchor), dataset.locate(partner)
+            assert seq_a == seq_p and frame_p <= allowed[seq_p]
+            assert 0 < abs(frame_p - frame_a) <= 2 or frame_p in (0, allowed[seq_p])  # clamped at an end
+    assert paired == pair_frames(batches, dataset, allowed, max_gap=2, seed=0, epoch=1)
+    assert paired != pair_frames(batches, dataset, allowed, max_gap=2, seed=0, epoch=2)
+    assert last_frames(dataset, [0, 4, 8, 10, 24]) == {0: 8, 1: 0, 2: 4}
+
+
+def test_fine_tuning_starts_from_the_file_and_records_it(data_dir, tmp_path):  # noqa: F811
+    first = trainer.train(TrainConfig(**tiny_config(data_dir, tmp_path, epochs=1, run_name='first', val_every=0)))
+    start = first.run_dir / trainer.MODEL_LAST
+    # lr 0: the fine-tuned model must hold the start file's weights exactly (and a run from scratch must not);
+    # batch-norm statistics move in training whatever the lr, so parameters are compared.
+    tuned = trainer.train(TrainConfig(**tiny_config(data_dir, tmp_path, epochs=1, run_name='tuned', val_every=0,
+                                                    lr=0.0, init=str(start), seed=5)))
+    start_weights = dict(first.model.named_parameters())
+    for name, value in tuned.model.named_parameters():
+        assert torch.equal(value, start_weights[name]), name
+    fresh = trainer.train(TrainConfig(**tiny_config(data_dir, tmp_path, epochs=1, run_name='fresh', val_every=0,
+                                                    lr=0.0, seed=5)))
+    assert any(not torch.equal(value, start_weights[name]) for name, value in fresh.model.named_parameters())
+    with safe_open(str(tuned.run_dir / trainer.MODEL_LAST), 'pt') as f:
+        training_data = json.loads(f.metadata()['training_data'])
+    assert training_data['init']['file'] == start.name and training_data['init']['epochs'] == 1
+
+    wider = dict(tiny_config(data_dir, tmp_path)['model'], num_keypoints=6)
+    with pytest.raises(ModelFileError, match='num_keypoints'):
+        trainer.train(TrainConfig(**tiny_config(data_dir, tmp_path, epochs=1, run_name='bad', init=str(start),
+                                                model=wider)))
+
+
+def test_training_with_the_correspondence_loss_records_it_and_refuses_odd_batches(data_dir, tmp_path,  # noqa: F811
+                                                                                   monkeypatch):
+    seen = []
+    original = trainer._train_step
+
+    def recording_step(*args):
+        stats = original(*args)
+        seen.append((args[5] is not None, stats['corr']))  # args[5]: the vertex ids of the frame pairs
+        return stats
+
+    monkeypatch.setattr(trainer, '_train_step', recording_step)
+    result = trainer.train(TrainConfig(**tiny_config(data_dir, tmp_path, epochs=1, batch_size=4, val_every=0,
+                                                     correspondence_weight=1.0, correspondence_gap=3)))
+    assert seen and all(on for on, _ in seen) and all(np.isfinite(v) and v > 0 for _, v in seen)
+    with safe_open(str(result.run_dir / trainer.MODEL_LAST), 'pt') as f:
+        assert json.loads(f.metadata()['training_data'])['correspondence'] == {'weight': 1.0, 'gap': 3}
+    with pytest.raises(ValueError, match='batch_size must be even'):
+        TrainConfig(**tiny_config(data_dir, tmp_path, batch_size=3, correspondence_weight=1.0))
+    with pytest.raises(ValueError, match='correspondence_gap'):
+        TrainConfig(**tiny_config(data_dir, tmp_path, correspondence_gap=0))
