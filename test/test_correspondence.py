@@ -14,7 +14,7 @@ import torch
 from keygrid_ros.data.dataset import SequenceDataset
 from keygrid_ros.model.io import ModelFileError
 from keygrid_ros.train import trainer
-from keygrid_ros.train.config import TrainConfig
+from keygrid_ros.train.config import TrainConfig, load_config
 from keygrid_ros.train.correspondence import correspondence_loss, last_frames, pair_frames
 
 
@@ -111,7 +111,7 @@ def test_pairs_are_nearby_frames_of_the_same_sequence_drawn_reproducibly(data_di
     assert last_frames(dataset, [0, 4, 8, 10, 24]) == {0: 8, 1: 0, 2: 4}
 
 
-def test_fine_tuning_starts_from_the_file_and_records_it(data_dir, tmp_path):  # noqa: F811
+def test_fine_tuning_starts_from_the_file_and_records_it(data_dir, tmp_path, monkeypatch):  # noqa: F811
     first = trainer.train(TrainConfig(**tiny_config(data_dir, tmp_path, epochs=1, run_name='first', val_every=0)))
     start = first.run_dir / trainer.MODEL_LAST
     # lr 0: the fine-tuned model must hold the start file's weights exactly (and a run from scratch must not);
@@ -127,6 +127,14 @@ def test_fine_tuning_starts_from_the_file_and_records_it(data_dir, tmp_path):  #
     with safe_open(str(tuned.run_dir / trainer.MODEL_LAST), 'pt') as f:
         training_data = json.loads(f.metadata()['training_data'])
     assert training_data['init']['file'] == start.name and training_data['init']['epochs'] == 1
+
+    # init resolves like the data paths: against the YAML's folder, or the working directory on the command line.
+    (tmp_path / 'sub').mkdir()
+    yaml_path = tmp_path / 'sub' / 'c.yaml'
+    yaml_path.write_text('init: start.safetensors\n')
+    assert load_config(yaml_path).init == str(tmp_path / 'sub' / 'start.safetensors')
+    monkeypatch.chdir(tmp_path)
+    assert load_config(yaml_path, ['init=other.safetensors']).init == str(tmp_path / 'other.safetensors')
 
     wider = dict(tiny_config(data_dir, tmp_path)['model'], num_keypoints=6)
     with pytest.raises(ModelFileError, match='num_keypoints'):
