@@ -192,11 +192,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             data['init'] = resolve_paths([data['init']], path.resolve().parent)[0]
     overrides = list(overrides or [])
     data = apply_overrides(data, overrides)
+    overridden = {o.split('=', 1)[0].strip() for o in overrides}
     for key in ('train', 'val'):
-        if any(o.split('=', 1)[0].strip() == key for o in overrides):
+        if key in overridden:
             entries = [data[key]] if isinstance(data[key], str) else list(data[key] or [])
             data[key] = resolve_paths(entries, base)
-    if data.get('init') and any(o.split('=', 1)[0].strip() == 'init' for o in overrides):
+    if data.get('init') and 'init' in overridden:
         data['init'] = resolve_paths([data['init']], base)[0]  # the run folder's config.yaml must still find it
     config = TrainConfig.from_dict(data)
     config.model_config()  # fail now, not after loading the data, on a bad model setting

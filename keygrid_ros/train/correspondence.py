@@ -47,10 +47,10 @@ def correspondence_loss(points: torch.Tensor, indices: torch.Tensor, weights: to
     slot = indices.new_full((rows, int(indices.max()) + 1), -1)
     slot.scatter_(1, indices, torch.arange(num_points, device=indices.device).expand(rows, -1))
     where = torch.gather(slot[partner], 1, indices)  # (2P, N): row r's points, located in the partner cloud
-    present = (where >= 0).to(weights.dtype)  # (2P, N)
+    seen = weights * (where >= 0).to(weights.dtype).unsqueeze(1)  # (2P, K, N): weights on cloth the partner has
     moved = torch.gather(points[partner], 1, where.clamp_min(0).unsqueeze(-1).expand(-1, -1, 3))  # (2P, N, 3)
-    mass = (weights * present.unsqueeze(1)).sum(-1)  # (2P, K): share of each keypoint's cloth the partner has
-    target = torch.einsum('rkn,rnc->rkc', weights * present.unsqueeze(1), moved) / mass.clamp_min(1e-8).unsqueeze(-1)
+    mass = seen.sum(-1)  # (2P, K): share of each keypoint's cloth the partner has
+    target = torch.einsum('rkn,rnc->rkc', seen, moved) / mass.clamp_min(1e-8).unsqueeze(-1)
     squared = ((keypoints[partner] - target) ** 2).sum(-1)  # (2P, K)
     return (mass * squared).mean()
 

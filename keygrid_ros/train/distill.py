@@ -70,6 +70,7 @@ from .runtime import (
     seed_processes,
     setup_distributed,
     split_data,
+    start_record,
     stopped_message,
     sync_buffers,
 )
@@ -453,8 +454,7 @@ def _start_from(net: SPRINSeg, path: str, config: SPRINConfig, teacher_info: dic
     if its_teacher.get('weights_sha256') != teacher_info.get('weights_sha256'):
         log.warning("init: %s was distilled from another teacher (%s); its keypoint order may not be this "
                     "teacher's", path, its_teacher.get('file', 'unknown'))
-    return {'file': Path(path).name, 'weights_sha256': metadata['weights_sha256'],
-            'epochs': (metadata.get('training_data') or {}).get('epochs')}
+    return start_record(path, metadata)
 
 
 def unaligned_simulations(files) -> list[str]:

@@ -180,6 +180,13 @@ def copy_final_model(run_dir: Path, export: str) -> None:
         Path(export).write_bytes(final.read_bytes())
 
 
+def start_record(path: str | Path, metadata: dict[str, Any]) -> dict[str, Any]:
+    """How a fine-tuned model's metadata (``training_data.init``) names the file its weights started from:
+    the file name, its weights' checksum and the epochs it had been trained for."""
+    return {'file': Path(path).name, 'weights_sha256': metadata['weights_sha256'],
+            'epochs': (metadata.get('training_data') or {}).get('epochs')}
+
+
 def stopped_message(what: str, epoch: int, step: int, reason: Exception, checkpoint_path: Path) -> str:
     """The error text for a run that a NaN/inf stopped: where, why, what is kept, what to try."""
     kept = (f'the last good checkpoint is {checkpoint_path}' if checkpoint_path.is_file()

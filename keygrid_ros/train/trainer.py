@@ -67,6 +67,7 @@ from .runtime import (
     seed_processes,
     setup_distributed,
     split_data,
+    start_record,
     stopped_message,
     sync_buffers,
 )
@@ -139,8 +140,7 @@ def _start_from(net: KeyGrid, path: str) -> dict[str, Any]:
     """
     source, metadata = load_model(path, net.config)
     net.load_state_dict(source.state_dict())
-    return {'file': Path(path).name, 'weights_sha256': metadata['weights_sha256'],
-            'epochs': (metadata.get('training_data') or {}).get('epochs')}
+    return start_record(path, metadata)
 
 
 def _validate(net: KeyGrid, val, config: TrainConfig) -> dict[str, Any] | None:
