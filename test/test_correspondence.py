@@ -18,7 +18,7 @@ from keygrid_ros.train.config import TrainConfig, load_config
 from keygrid_ros.train.correspondence import correspondence_loss, last_frames, pair_frames
 
 
-def brute_force(points, indices, weights, keypoints) -> float:
+def brute_force(points, indices, weights, keypoints, temperature=0.0) -> float:
     """The loss by its definition, one pair, keypoint and point at a time."""
     total, count = 0.0, 0
     for r in range(points.shape[0]):
@@ -30,7 +30,10 @@ def brute_force(points, indices, weights, keypoints) -> float:
                 if int(v) in position:
                     mass += weights[r, k, n]
                     moved += weights[r, k, n] * position[int(v)]
-            if mass > 0:
+            if mass > 0 and temperature > 0:  # cross-entropy of "nearest to its own keypoint" over the K
+                logits = [-np.sum((keypoints[p, j] - moved / mass) ** 2) / temperature for j in range(weights.shape[1])]
+                total += mass * (np.log(np.sum(np.exp(logits))) - logits[k])
+            elif mass > 0:
                 total += mass * np.sum((keypoints[p, k] - moved / mass) ** 2)
             count += 1
     return total / count
@@ -47,17 +50,37 @@ def random_pairs(rng, pairs=2, vertices=40, n=30, k=4, share=1.0):
     return points, indices, weights, keypoints
 
 
-def loss_of(points, indices, weights, keypoints) -> float:
+def loss_of(points, indices, weights, keypoints, temperature=0.0) -> float:
     return correspondence_loss(torch.from_numpy(points), torch.from_numpy(indices), torch.from_numpy(weights),
-                               torch.from_numpy(keypoints)).item()
+                               torch.from_numpy(keypoints), temperature).item()
 
 
+@pytest.mark.parametrize('temperature', [0.0, 0.5, 3.0])
 @pytest.mark.parametrize('share', [1.0, 0.6])
-def test_loss_matches_the_brute_force_definition(share):
+def test_loss_matches_the_brute_force_definition(share, temperature):
     rng = np.random.default_rng(0)
     args = random_pairs(rng, share=share)
-    assert loss_of(*args) == pytest.approx(brute_force(*args), rel=1e-9)
-    assert loss_of(*args) > 0.01
+    assert loss_of(*args, temperature) == pytest.approx(brute_force(*args, temperature), rel=1e-9)
+    assert loss_of(*args, temperature) > 0.01
+
+
+def test_a_pile_of_keypoints_costs_log_k_in_the_contrastive_form_only():
+    """The squared form is satisfied by keypoints piled on cloth that stays still; the contrastive form is not."""
+    rng = np.random.default_rng(3)
+    vertices, k = 30, 5
+    cloth = rng.normal(size=(vertices, 3))
+    points = np.stack([cloth, cloth])  # a still garment: frame b is frame a
+    indices = np.stack([np.arange(vertices), np.arange(vertices)])
+    weights = np.zeros((2, k, vertices))
+    weights[:, :, 7] = 1.0  # every keypoint on vertex 7, in both frames
+    keypoints = np.einsum('rkn,rnc->rkc', weights, points)
+    assert loss_of(points, indices, weights, keypoints) == pytest.approx(0.0, abs=1e-20)
+    assert loss_of(points, indices, weights, keypoints, temperature=0.1) == pytest.approx(np.log(k), rel=1e-9)
+    # The same keypoints spread over distinct vertices cost almost nothing at a temperature below their spacing.
+    weights[:] = 0.0
+    weights[:, np.arange(k), [2, 9, 14, 21, 27]] = 1.0
+    keypoints = np.einsum('rkn,rnc->rkc', weights, points)
+    assert loss_of(points, indices, weights, keypoints, temperature=0.01) < 1e-6
 
 
 def test_keypoints_that_stay_on_their_cloth_cost_nothing_and_a_swap_costs_its_distance():
@@ -83,13 +106,14 @@ def test_keypoints_that_stay_on_their_cloth_cost_nothing_and_a_swap_costs_its_di
     assert loss_of(points, indices, swapped_w, swapped_kp) == pytest.approx(expected, rel=1e-9)
 
 
-def test_the_loss_reaches_the_weights_and_needs_pairs():
+@pytest.mark.parametrize('temperature', [0.0, 0.5])
+def test_the_loss_reaches_the_weights_and_needs_pairs(temperature):
     rng = np.random.default_rng(2)
     points, indices, weights, _ = random_pairs(rng)
     w = torch.from_numpy(weights).requires_grad_()
     p = torch.from_numpy(points)
-    correspondence_loss(p, torch.from_numpy(indices), w, torch.einsum('rkn,rnc->rkc', w, p)).backward()
-    assert w.grad.abs().sum() > 0
+    correspondence_loss(p, torch.from_numpy(indices), w, torch.einsum('rkn,rnc->rkc', w, p), temperature).backward()
+    assert torch.isfinite(w.grad).all() and w.grad.abs().sum() > 0
     with pytest.raises(ValueError, match='pairs'):
         correspondence_loss(p[:3], torch.from_numpy(indices[:3]), w[:3].detach(), p[:3, :4])
 
@@ -154,11 +178,15 @@ def test_training_with_the_correspondence_loss_records_it_and_refuses_odd_batche
 
     monkeypatch.setattr(trainer, '_train_step', recording_step)
     result = trainer.train(TrainConfig(**tiny_config(data_dir, tmp_path, epochs=1, batch_size=4, val_every=0,
-                                                     correspondence_weight=1.0, correspondence_gap=3)))
+                                                     correspondence_weight=1.0, correspondence_gap=3,
+                                                     correspondence_temperature=0.05)))
     assert seen and all(on for on, _ in seen) and all(np.isfinite(v) and v > 0 for _, v in seen)
     with safe_open(str(result.run_dir / trainer.MODEL_LAST), 'pt') as f:
-        assert json.loads(f.metadata()['training_data'])['correspondence'] == {'weight': 1.0, 'gap': 3}
+        assert json.loads(f.metadata()['training_data'])['correspondence'] == {'weight': 1.0, 'gap': 3,
+                                                                                'temperature': 0.05}
     with pytest.raises(ValueError, match='batch_size must be even'):
         TrainConfig(**tiny_config(data_dir, tmp_path, batch_size=3, correspondence_weight=1.0))
     with pytest.raises(ValueError, match='correspondence_gap'):
         TrainConfig(**tiny_config(data_dir, tmp_path, correspondence_gap=0))
+    with pytest.raises(ValueError, match='correspondence_temperature'):
+        TrainConfig(**tiny_config(data_dir, tmp_path, correspondence_temperature=-1.0))

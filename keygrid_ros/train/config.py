@@ -43,6 +43,7 @@ class TrainConfig:
     init: str = ''  # a Key-Grid model file to start from (fine-tuning); its architecture must be ``model``'s
     correspondence_weight: float = 0.0  # weight of the correspondence loss; 0 = off (released)
     correspondence_gap: int = 16  # the paired frames of one sequence are at most this many frames apart
+    correspondence_temperature: float = 0.0  # 0: squared distance; > 0: contrastive form at this temperature
 
     # --- optimisation (released: Adadelta lr 0.1 eps 1e-2, batch 8, 100 epochs, no shuffle) ---
     optimizer: str = 'adadelta'  # 'adadelta' (released) or 'adam' (the paper's text)
@@ -82,9 +83,10 @@ class TrainConfig:
         if self.optimizer not in ('adadelta', 'adam'):
             raise ValueError(f"optimizer must be 'adadelta' or 'adam', got {self.optimizer!r}")
         check_run_settings(self)
-        if self.correspondence_weight < 0 or self.correspondence_gap < 1:
-            raise ValueError('correspondence_weight must be >= 0 and correspondence_gap >= 1, got '
-                             f'{self.correspondence_weight} and {self.correspondence_gap}')
+        if self.correspondence_weight < 0 or self.correspondence_gap < 1 or self.correspondence_temperature < 0:
+            raise ValueError('correspondence_weight and correspondence_temperature must be >= 0 and '
+                             f'correspondence_gap >= 1, got {self.correspondence_weight}, '
+                             f'{self.correspondence_temperature} and {self.correspondence_gap}')
         if self.correspondence_weight > 0 and self.batch_size % 2:
             raise ValueError(f'the correspondence loss trains on pairs of frames: batch_size must be even, '
                              f'got {self.batch_size}')
