@@ -325,7 +325,9 @@ def test_main_configures_activates_detects_and_shuts_down(fake_ros):
         callback(to_rclpy_cloud(synthetic_cloud(time.time_ns())))
         publishers = {p.topic: p for p in node.lifecycle_publishers}
         deadline = time.monotonic() + 60
-        while not publishers['keypoints'].sent and time.monotonic() < deadline:
+        # The worker thread publishes the diagnostics just after the keypoints: wait for both, or a loaded
+        # machine can take the snapshot between the two.
+        while not (publishers['keypoints'].sent and publishers['/diagnostics'].sent) and time.monotonic() < deadline:
             time.sleep(0.05)
         seen.update({topic: list(p.sent) for topic, p in publishers.items()})
 
