@@ -15,7 +15,7 @@ config; 0, the released setting, turns it off) uses it:
 It is the training-time form of DAS protocol B (which scores how often a keypoint's nearest tracked vertex
 changes) and needs no keypoint labels, only the mesh correspondence a simulator gives. Collapse (every
 keypoint on one spot) satisfies that squared form, and the farthest-point loss resists it only partly
-(session 8 measured keypoint coverage falling from 0.87 to 0.49). The contrastive form
+(``docs/results.md``: keypoint coverage fell from 0.87 to 0.49). The contrastive form
 (``correspondence_temperature`` > 0) asks instead that m_ab[k] be nearer to kp_b[k] *than to the other
 keypoints*: a cross-entropy over the partner's K keypoints with logits -||m_ab[k] - kp_b[j]||^2 / T, so a
 pile of keypoints costs log K however still it keeps.
