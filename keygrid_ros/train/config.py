@@ -14,6 +14,7 @@ Overrides use dotted keys and YAML values::
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,27 @@ def resolve_paths(entries: list[str], base: Path) -> list[str]:
     return out
 
 
+def resolve_path_settings(data: dict[str, Any], base: Path, lists: Iterable[str] = (),
+                          files: Iterable[str] = ()) -> None:
+    """Resolve path settings of a config mapping in place against ``base``.
+
+    ``lists`` name data settings holding one path or a list of them (those absent from ``data`` are left out);
+    ``files`` name settings holding one file each (a missing or empty one stays as it is).
+    """
+    for key in lists:
+        if key in data:
+            entries = [data[key]] if isinstance(data[key], str) else list(data[key] or [])
+            data[key] = resolve_paths(entries, base)
+    for key in files:
+        if data.get(key):
+            data[key] = resolve_paths([data[key]], base)[0]
+
+
+def overridden_keys(overrides: Iterable[str]) -> set[str]:
+    """The setting names that ``key=value`` overrides set."""
+    return {o.split('=', 1)[0].strip() for o in overrides}
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML file (``None``: defaults only), apply overrides, validate.
 
@@ -179,28 +201,19 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     to its data; paths given as overrides resolve against the current directory.
     """
     data: dict[str, Any] = {}
-    base = Path.cwd()
     if path is not None:
         path = Path(path)
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f'{path}: expected a mapping of settings at the top level')
         data = loaded
-        for key in ('train', 'val'):
-            if key in data:
-                entries = [data[key]] if isinstance(data[key], str) else list(data[key] or [])
-                data[key] = resolve_paths(entries, path.resolve().parent)
-        if data.get('init'):
-            data['init'] = resolve_paths([data['init']], path.resolve().parent)[0]
+        resolve_path_settings(data, path.resolve().parent, lists=('train', 'val'), files=('init',))
     overrides = list(overrides or [])
     data = apply_overrides(data, overrides)
-    overridden = {o.split('=', 1)[0].strip() for o in overrides}
-    for key in ('train', 'val'):
-        if key in overridden:
-            entries = [data[key]] if isinstance(data[key], str) else list(data[key] or [])
-            data[key] = resolve_paths(entries, base)
-    if data.get('init') and 'init' in overridden:
-        data['init'] = resolve_paths([data['init']], base)[0]  # the run folder's config.yaml must still find it
+    overridden = overridden_keys(overrides)
+    # Resolved now, so that the run folder's config.yaml still finds them from anywhere.
+    resolve_path_settings(data, Path.cwd(), lists=[k for k in ('train', 'val') if k in overridden],
+                          files=[k for k in ('init',) if k in overridden])
     config = TrainConfig.from_dict(data)
     config.model_config()  # fail now, not after loading the data, on a bad model setting
     return config

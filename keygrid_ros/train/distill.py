@@ -50,7 +50,7 @@ from ..model.sprin import SPRINConfig, SPRINSeg, keypoints_from_logits, normaliz
 from ..model.student import load_student, save_student
 from . import evaluate
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import apply_overrides, check_run_settings, portable_path, resolve_paths
+from .config import apply_overrides, check_run_settings, overridden_keys, portable_path, resolve_path_settings
 from .runtime import (
     CHECKPOINT,
     MODEL_BEST,
@@ -199,21 +199,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, tea
         if not isinstance(loaded, dict):
             raise ValueError(f'{path}: expected a mapping of settings at the top level')
         data = loaded
-        base = path.resolve().parent
-        for key in ('train', 'val'):
-            if key in data:
-                entries = [data[key]] if isinstance(data[key], str) else list(data[key] or [])
-                data[key] = resolve_paths(entries, base)
-        for key in ('teacher', 'init'):
-            if data.get(key):
-                data[key] = resolve_paths([data[key]], base)[0]
+        resolve_path_settings(data, path.resolve().parent, lists=('train', 'val'), files=('teacher', 'init'))
     overrides = list(overrides or [])
     data = apply_overrides(data, overrides)
-    cwd = Path.cwd()
-    for key in ('train', 'val'):
-        if any(o.split('=', 1)[0].strip() == key for o in overrides):
-            entries = [data[key]] if isinstance(data[key], str) else list(data[key] or [])
-            data[key] = resolve_paths(entries, cwd)
+    overridden = overridden_keys(overrides)
+    resolve_path_settings(data, Path.cwd(), lists=[k for k in ('train', 'val') if k in overridden])
     if teacher:
         data['teacher'] = str(Path(teacher))
     if init:
