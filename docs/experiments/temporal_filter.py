@@ -21,6 +21,7 @@ import torch
 from keygrid_ros.data.dataset import SequenceDataset
 from keygrid_ros.model.student import load_keypoint_model
 from keygrid_ros.train.evaluate import FramePredictions, load_sequence, score_sequence
+from keygrid_ros.train.metrics import nearest_index
 
 SETTINGS = [{'sigma': None}] + [{'sigma': s, 'beta': b} for s in (0.01, 0.02, 0.04) for b in (1.0, 0.5)]
 
@@ -54,7 +55,7 @@ def filtered_keypoints(points, weights, sigma=None, beta=1.0, eps=1e-3) -> np.nd
             posterior = likelihood * prior
             posterior /= posterior.sum(1, keepdims=True)
         mean = posterior @ points[t]  # (K, 3)
-        chosen.append(((mean[:, None] - points[t][None]) ** 2).sum(-1).argmin(1))
+        chosen.append(nearest_index(mean[None], points[t][None])[0])
     return np.stack(chosen)
 
 

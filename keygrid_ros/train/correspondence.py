@@ -60,9 +60,8 @@ def correspondence_loss(points: torch.Tensor, indices: torch.Tensor, weights: to
     if temperature > 0:
         # (2P, K, K): moved cloth k to the partner's keypoint j (no cdist: its sqrt has no gradient at 0)
         squared = ((target.unsqueeze(2) - keypoints[partner].unsqueeze(1)) ** 2).sum(-1)
-        logits = -squared.flatten(0, 1) / temperature
-        own = torch.arange(squared.shape[1], device=squared.device).repeat(rows)
-        per_keypoint = torch.nn.functional.cross_entropy(logits, own, reduction='none').view(rows, -1)
+        # cross-entropy with keypoint k as the class of moved cloth k: the diagonal of the log-softmax over j
+        per_keypoint = -torch.log_softmax(-squared / temperature, dim=-1).diagonal(dim1=1, dim2=2)  # (2P, K)
     else:
         per_keypoint = ((keypoints[partner] - target) ** 2).sum(-1)  # (2P, K)
     return (mass * per_keypoint).mean()
