@@ -118,6 +118,26 @@ def test_the_loss_reaches_the_weights_and_needs_pairs(temperature):
         correspondence_loss(p[:3], torch.from_numpy(indices[:3]), w[:3].detach(), p[:3, :4])
 
 
+@pytest.mark.parametrize('temperature', [0.0, 0.5])
+def test_stop_gradient_keeps_the_value_and_teaches_only_the_partner_keypoints(temperature):
+    """With ``stop_gradient`` the moved cloth is a fixed target: the weights that choose the cloth get no
+    gradient from it (so still cloth earns nothing), the keypoints get the very gradient they got before."""
+    rng = np.random.default_rng(4)
+    points, indices, weights, keypoints = random_pairs(rng, share=0.6)
+    grads = {}
+    for stop in (False, True):
+        w = torch.from_numpy(weights).requires_grad_()
+        kp = torch.from_numpy(keypoints).requires_grad_()  # its own leaf: weights reach the loss only via the target
+        loss = correspondence_loss(torch.from_numpy(points), torch.from_numpy(indices), w, kp, temperature,
+                                   stop_gradient=stop)
+        loss.backward()
+        grads[stop] = loss.item(), torch.zeros_like(w) if w.grad is None else w.grad, kp.grad
+    assert grads[True][0] == pytest.approx(grads[False][0], rel=1e-12)
+    assert grads[False][1].abs().sum() > 1e-3  # without it, choosing the cloth lowers the loss
+    assert grads[True][1].abs().max() == 0.0
+    torch.testing.assert_close(grads[True][2], grads[False][2], rtol=1e-12, atol=1e-15)
+
+
 def test_pairs_are_nearby_frames_of_the_same_sequence_drawn_reproducibly(data_dir, tmp_path):  # noqa: F811
     dataset = SequenceDataset(sorted(data_dir.glob('*.npz')), num_points=64)  # 3 sequences x 10 frames
     anchors = [0, 3, 9, 12, 25, 29]
@@ -179,11 +199,13 @@ def test_training_with_the_correspondence_loss_records_it_and_refuses_odd_batche
     monkeypatch.setattr(trainer, '_train_step', recording_step)
     result = trainer.train(TrainConfig(**tiny_config(data_dir, tmp_path, epochs=1, batch_size=4, val_every=0,
                                                      correspondence_weight=1.0, correspondence_gap=3,
-                                                     correspondence_temperature=0.05)))
+                                                     correspondence_temperature=0.05,
+                                                     correspondence_stop_gradient=True)))
     assert seen and all(on for on, _ in seen) and all(np.isfinite(v) and v > 0 for _, v in seen)
     with safe_open(str(result.run_dir / trainer.MODEL_LAST), 'pt') as f:
         assert json.loads(f.metadata()['training_data'])['correspondence'] == {'weight': 1.0, 'gap': 3,
-                                                                                'temperature': 0.05}
+                                                                                'temperature': 0.05,
+                                                                                'stop_gradient': True}
     with pytest.raises(ValueError, match='batch_size must be even'):
         TrainConfig(**tiny_config(data_dir, tmp_path, batch_size=3, correspondence_weight=1.0))
     with pytest.raises(ValueError, match='correspondence_gap'):

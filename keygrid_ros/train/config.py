@@ -45,6 +45,7 @@ class TrainConfig:
     correspondence_weight: float = 0.0  # weight of the correspondence loss; 0 = off (released)
     correspondence_gap: int = 16  # the paired frames of one sequence are at most this many frames apart
     correspondence_temperature: float = 0.0  # 0: squared distance; > 0: contrastive form at this temperature
+    correspondence_stop_gradient: bool = False  # the moved cloth is a fixed target: no reward for still cloth
 
     # --- optimisation (released: Adadelta lr 0.1 eps 1e-2, batch 8, 100 epochs, no shuffle) ---
     optimizer: str = 'adadelta'  # 'adadelta' (released) or 'adam' (the paper's text)

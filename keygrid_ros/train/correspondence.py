@@ -19,6 +19,12 @@ keypoint on one spot) satisfies that squared form, and the farthest-point loss r
 (``correspondence_temperature`` > 0) asks instead that m_ab[k] be nearer to kp_b[k] *than to the other
 keypoints*: a cross-entropy over the partner's K keypoints with logits -||m_ab[k] - kp_b[j]||^2 / T, so a
 pile of keypoints costs log K however still it keeps.
+
+Both forms also let the loss fall by *choosing* cloth: the gradient through m_ab moves frame a's weights
+towards cloth that lies, in frame b, where keypoint k already is, which is cloth that moves little. With
+``stop_gradient`` the moved cloth m_ab is a fixed target (as the target branch of SimSiam/BYOL is): only
+keypoint k of frame b is pulled towards it, so the two frames of a pair are asked to agree on which cloth
+the keypoint holds, and nothing rewards holding cloth that stays still.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ import torch
 
 
 def correspondence_loss(points: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor,
-                        keypoints: torch.Tensor, temperature: float = 0.0) -> torch.Tensor:
+                        keypoints: torch.Tensor, temperature: float = 0.0,
+                        stop_gradient: bool = False) -> torch.Tensor:
     """How far each keypoint is from where its partner frame's keypoint cloth went.
 
     Args:
@@ -41,6 +48,8 @@ def correspondence_loss(points: torch.Tensor, indices: torch.Tensor, weights: to
         keypoints: (2P, K, 3) the keypoints (for Key-Grid, ``weights @ points``).
         temperature: 0 for the squared distance; > 0 (normalised units squared) for the contrastive form, a
             cross-entropy that the moved cloth of keypoint k is nearest to keypoint k among the partner's.
+        stop_gradient: no gradient through the moved cloth (the target) or its mass: only the partner's
+            keypoints learn from the loss. Its value is unchanged.
 
     Returns a 0-d tensor. A keypoint's cloth that is missing from the partner's sample counts by the share
     that is present (a partial view may not see it at all: then that keypoint adds nothing).
@@ -57,6 +66,8 @@ def correspondence_loss(points: torch.Tensor, indices: torch.Tensor, weights: to
     moved = torch.gather(points[partner], 1, where.clamp_min(0).unsqueeze(-1).expand(-1, -1, 3))  # (2P, N, 3)
     mass = seen.sum(-1)  # (2P, K): share of each keypoint's cloth the partner has
     target = torch.einsum('rkn,rnc->rkc', seen, moved) / mass.clamp_min(1e-8).unsqueeze(-1)
+    if stop_gradient:
+        target, mass = target.detach(), mass.detach()
     if temperature > 0:
         # (2P, K, K): moved cloth k to the partner's keypoint j (no cdist: its sqrt has no gradient at 0)
         squared = ((target.unsqueeze(2) - keypoints[partner].unsqueeze(1)) ** 2).sum(-1)
