@@ -18,7 +18,7 @@ from keygrid_ros.train.config import TrainConfig, load_config
 from keygrid_ros.train.correspondence import correspondence_loss, last_frames, pair_frames
 
 
-def brute_force(points, indices, weights, keypoints, temperature=0.0) -> float:
+def brute_force(points, indices, weights, keypoints, temperature=0.0, spread=0.0) -> float:
     """The loss by its definition, one pair, keypoint and point at a time."""
     total, count = 0.0, 0
     for r in range(points.shape[0]):
@@ -35,6 +35,10 @@ def brute_force(points, indices, weights, keypoints, temperature=0.0) -> float:
                 total += mass * (np.log(np.sum(np.exp(logits))) - logits[k])
             elif mass > 0:
                 total += mass * np.sum((keypoints[p, k] - moved / mass) ** 2)
+            if mass > 0 and spread > 0:  # the moved cloth's weighted variance around its mean
+                for n, v in enumerate(indices[r]):
+                    if int(v) in position:
+                        total += spread * weights[r, k, n] * np.sum((position[int(v)] - moved / mass) ** 2)
             count += 1
     return total / count
 
@@ -50,18 +54,39 @@ def random_pairs(rng, pairs=2, vertices=40, n=30, k=4, share=1.0):
     return points, indices, weights, keypoints
 
 
-def loss_of(points, indices, weights, keypoints, temperature=0.0) -> float:
+def loss_of(points, indices, weights, keypoints, temperature=0.0, spread=0.0) -> float:
     return correspondence_loss(torch.from_numpy(points), torch.from_numpy(indices), torch.from_numpy(weights),
-                               torch.from_numpy(keypoints), temperature).item()
+                               torch.from_numpy(keypoints), temperature, spread=spread).item()
 
 
 @pytest.mark.parametrize('temperature', [0.0, 0.5, 3.0])
 @pytest.mark.parametrize('share', [1.0, 0.6])
-def test_loss_matches_the_brute_force_definition(share, temperature):
+@pytest.mark.parametrize('spread', [0.0, 0.7])
+def test_loss_matches_the_brute_force_definition(share, temperature, spread):
     rng = np.random.default_rng(0)
     args = random_pairs(rng, share=share)
-    assert loss_of(*args, temperature) == pytest.approx(brute_force(*args, temperature), rel=1e-9)
-    assert loss_of(*args, temperature) > 0.01
+    assert loss_of(*args, temperature, spread) == pytest.approx(brute_force(*args, temperature, spread), rel=1e-9)
+    assert loss_of(*args, temperature, spread) > 0.01
+
+
+def test_with_spread_1_the_squared_form_is_the_expected_distance_to_the_keypoints_cloth():
+    """Bias plus variance: sum_n w[k, n] ||x_b[v(n)] - kp_b[k]||^2, computed directly, without the mean."""
+    rng = np.random.default_rng(5)
+    points, indices, weights, keypoints = random_pairs(rng, pairs=1, vertices=30, n=30)  # all in both frames
+    expected = 0.0
+    for r, p in ((0, 1), (1, 0)):
+        where = {int(v): n for n, v in enumerate(indices[p])}
+        for k in range(weights.shape[1]):
+            expected += sum(weights[r, k, n] * np.sum((points[p, where[int(v)]] - keypoints[p, k]) ** 2)
+                            for n, v in enumerate(indices[r]))
+    expected /= 2 * weights.shape[1]
+    assert loss_of(points, indices, weights, keypoints, spread=1.0) == pytest.approx(expected, rel=1e-9)
+    # A keypoint held by one vertex has no spread: the loss is that of the plain squared form.
+    weights = np.zeros_like(weights)
+    weights[:, :, 3] = 1.0
+    keypoints = np.einsum('rkn,rnc->rkc', weights, points)
+    assert loss_of(points, indices, weights, keypoints, spread=1.0) == pytest.approx(
+        loss_of(points, indices, weights, keypoints), abs=1e-12)
 
 
 def test_a_pile_of_keypoints_costs_log_k_in_the_contrastive_form_only():
@@ -200,15 +225,19 @@ def test_training_with_the_correspondence_loss_records_it_and_refuses_odd_batche
     result = trainer.train(TrainConfig(**tiny_config(data_dir, tmp_path, epochs=1, batch_size=4, val_every=0,
                                                      correspondence_weight=1.0, correspondence_gap=3,
                                                      correspondence_temperature=0.05,
-                                                     correspondence_stop_gradient=True)))
+                                                     correspondence_stop_gradient=True,
+                                                     correspondence_spread=0.5)))
     assert seen and all(on for on, _ in seen) and all(np.isfinite(v) and v > 0 for _, v in seen)
     with safe_open(str(result.run_dir / trainer.MODEL_LAST), 'pt') as f:
         assert json.loads(f.metadata()['training_data'])['correspondence'] == {'weight': 1.0, 'gap': 3,
                                                                                 'temperature': 0.05,
-                                                                                'stop_gradient': True}
+                                                                                'stop_gradient': True,
+                                                                                'spread': 0.5}
     with pytest.raises(ValueError, match='batch_size must be even'):
         TrainConfig(**tiny_config(data_dir, tmp_path, batch_size=3, correspondence_weight=1.0))
     with pytest.raises(ValueError, match='correspondence_gap'):
         TrainConfig(**tiny_config(data_dir, tmp_path, correspondence_gap=0))
     with pytest.raises(ValueError, match='correspondence_temperature'):
         TrainConfig(**tiny_config(data_dir, tmp_path, correspondence_temperature=-1.0))
+    with pytest.raises(ValueError, match='correspondence_spread'):
+        TrainConfig(**tiny_config(data_dir, tmp_path, correspondence_spread=-0.1))

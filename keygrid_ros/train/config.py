@@ -46,6 +46,7 @@ class TrainConfig:
     correspondence_gap: int = 16  # the paired frames of one sequence are at most this many frames apart
     correspondence_temperature: float = 0.0  # 0: squared distance; > 0: contrastive form at this temperature
     correspondence_stop_gradient: bool = False  # the moved cloth is a fixed target: no reward for still cloth
+    correspondence_spread: float = 0.0  # weight of the moved cloth's variance: wide weight patches pay for it
 
     # --- optimisation (released: Adadelta lr 0.1 eps 1e-2, batch 8, 100 epochs, no shuffle) ---
     optimizer: str = 'adadelta'  # 'adadelta' (released) or 'adam' (the paper's text)
@@ -85,10 +86,12 @@ class TrainConfig:
         if self.optimizer not in ('adadelta', 'adam'):
             raise ValueError(f"optimizer must be 'adadelta' or 'adam', got {self.optimizer!r}")
         check_run_settings(self)
-        if self.correspondence_weight < 0 or self.correspondence_gap < 1 or self.correspondence_temperature < 0:
-            raise ValueError('correspondence_weight and correspondence_temperature must be >= 0 and '
-                             f'correspondence_gap >= 1, got {self.correspondence_weight}, '
-                             f'{self.correspondence_temperature} and {self.correspondence_gap}')
+        if (self.correspondence_weight < 0 or self.correspondence_gap < 1 or self.correspondence_temperature < 0
+                or self.correspondence_spread < 0):
+            raise ValueError('correspondence_weight, correspondence_temperature and correspondence_spread must be '
+                             f'>= 0 and correspondence_gap >= 1, got {self.correspondence_weight}, '
+                             f'{self.correspondence_temperature}, {self.correspondence_spread} and '
+                             f'{self.correspondence_gap}')
         if self.correspondence_weight > 0 and self.batch_size % 2:
             raise ValueError(f'the correspondence loss trains on pairs of frames: batch_size must be even, '
                              f'got {self.batch_size}')

@@ -119,7 +119,8 @@ def _train_step(model, net: KeyGrid, optimizer, scaler, points: torch.Tensor, in
     total, corr = losses['loss'], points.new_zeros(())
     if indices is not None:
         corr = correspondence_loss(points, indices, output.weights, output.keypoints,
-                                   config.correspondence_temperature, config.correspondence_stop_gradient)
+                                   config.correspondence_temperature, config.correspondence_stop_gradient,
+                                   config.correspondence_spread)
         total = total + config.correspondence_weight * corr
     values = torch.stack([total.detach(), losses['fps'], losses['sim'], corr.detach()])
     if ddp.enabled:  # every rank must see the same verdict, or the others would hang in backward
@@ -277,7 +278,8 @@ def _train(config: TrainConfig, resume: bool | str, ddp: Distributed) -> TrainRe
     if config.correspondence_weight:
         training_data['correspondence'] = {'weight': config.correspondence_weight, 'gap': config.correspondence_gap,
                                            'temperature': config.correspondence_temperature,
-                                           'stop_gradient': config.correspondence_stop_gradient}
+                                           'stop_gradient': config.correspondence_stop_gradient,
+                                           'spread': config.correspondence_spread}
     pair_limit = last_frames(train_set, train_indices) if config.correspondence_weight else {}
 
     def write_checkpoint(epoch_now: int, batch_now: int) -> None:
