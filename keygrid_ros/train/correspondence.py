@@ -33,6 +33,9 @@ keypoint spread from about 200 to 500-1,300 effective points, and the keypoints 
 centre). ``spread`` > 0 adds that patch's spread, the weighted variance of the moved cloth around its mean,
 ``sum_n w_a[k, n] || x_b[v_a(n)] - m_ab[k] ||^2``. At ``spread`` = 1 the squared form becomes the
 expected squared distance from keypoint k to a point drawn from its cloth, which a wide patch cannot meet.
+Measured (``docs/results.md``, part 4): neither option keeps the coverage. Stop-gradient lowers it further;
+with the spread the weights narrow back, but onto inner cloth. A stronger farthest-point loss
+(``model.lambda_fps``) is what kept the T-shirt's keypoints out.
 """
 
 from __future__ import annotations
