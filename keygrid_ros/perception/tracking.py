@@ -1,0 +1,237 @@
+"""Carry keypoints from frame to frame by registering the cloth around each one (local rigid ICP).
+
+Why: a single-frame detector places keypoints by the garment's shape, so when a flap is folded over or the
+garment is pulled across the table, a keypoint can move onto other cloth (docs/results.md, "Keypoints carried
+from frame to frame"). A robot sees a stream; between two frames the cloth around a keypoint moves almost
+rigidly, so registering that patch of the last cloud onto the new cloud says where the keypoint's own cloth
+went, whatever the new outline looks like.
+
+Per frame, for keypoint k at ``s_k`` (the tracker's state, target frame, metres):
+
+1. the patch: points of the previous cloud within ``patch_radius`` of ``s_k`` (at least ``MIN_PATCH`` points);
+2. rigid ICP of the patch onto the new cloud (point to point, ``iterations`` steps) from two first guesses,
+   no motion and the whole cloud's rigid motion (ICP of the whole previous cloud, started from the centroid
+   shift), keeping the one with the smaller mean residual: the first follows a flap lifted off a garment
+   that stays put, the second a garment that falls or slides as a whole;
+3. ``s_k <- R s_k + t``, put back onto the new cloud's local surface (:func:`project_to_surface`); a
+   keypoint whose residual stays above ``max_residual`` is lost and takes the detection instead;
+4. optional fusion: a detection within ``gate`` of ``s_k`` pulls it by ``detection_weight`` (stops drift where
+   detector and tracker agree, and ignores the detector where it jumped to other cloth);
+5. tracks closer than ``min_separation`` have merged (their patches overlap, so they would move as one from
+   then on); the one farther from its detection takes it.
+
+The state is kept unsnapped (snapping every frame to a resampled cloud adds a random walk); callers snap the
+output to the cloud if they want a point of it. All patches of a frame are registered together: one k-d tree
+query per ICP step and a batched SVD, so a frame costs a few milliseconds for K = 8.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+#: Fewest points a patch is registered with (the nearest ones when the radius holds fewer).
+MIN_PATCH = 8
+#: Most points of the previous cloud used for the whole-cloud motion guess (a random-free stride subset).
+GLOBAL_POINTS = 1024
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """Settings of :class:`KeypointTracker` (metres where a length)."""
+
+    patch_radius: float = 0.06
+    iterations: int = 8
+    max_residual: float = 0.03
+    gate: float = 0.0
+    detection_weight: float = 0.5
+    min_separation: float = 0.03
+
+    def __post_init__(self) -> None:
+        if not self.patch_radius > 0:
+            raise ValueError(f'tracking patch_radius must be > 0 m, got {self.patch_radius}')
+        if not 1 <= self.iterations <= 100:
+            raise ValueError(f'tracking iterations must be in [1, 100], got {self.iterations}')
+        if not self.max_residual > 0:
+            raise ValueError(f'tracking max_residual must be > 0 m, got {self.max_residual}')
+        if self.gate < 0:
+            raise ValueError(f'tracking gate must be >= 0 m (0 = no fusion), got {self.gate}')
+        if not 0.0 <= self.detection_weight <= 1.0:
+            raise ValueError(f'tracking detection_weight must be in [0, 1], got {self.detection_weight}')
+        if self.min_separation < 0:
+            raise ValueError(f'tracking min_separation must be >= 0 m, got {self.min_separation}')
+
+    @classmethod
+    def from_params(cls, values) -> TrackerConfig | None:
+        """The settings from the node's ``tracking.*`` parameters; None when ``tracking.enabled`` is false."""
+        if not values.get('tracking.enabled', False):
+            return None
+        return cls(patch_radius=values['tracking.patch_radius'], max_residual=values['tracking.max_residual'],
+                   gate=values['tracking.gate'], detection_weight=values['tracking.detection_weight'],
+                   min_separation=values['tracking.min_separation'])
+
+
+def batched_kabsch(source: np.ndarray, target: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares rigid motions, one per segment of paired points.
+
+    Args:
+        source, target: (P, 3) paired points; segment j is rows ``starts[j]:starts[j + 1]`` (the last runs to P).
+        starts: (J,) increasing row offsets, ``starts[0] == 0``, every segment non-empty.
+
+    Returns:
+        R (J, 3, 3) proper rotations and t (J, 3) with ``target ≈ source @ R[j].T + t[j]`` per segment.
+    """
+    counts = np.diff(np.append(starts, len(source)))[:, None]  # (J, 1)
+    source_mean = np.add.reduceat(source, starts, axis=0) / counts  # (J, 3)
+    target_mean = np.add.reduceat(target, starts, axis=0) / counts
+    segment = np.repeat(np.arange(len(starts)), counts[:, 0])  # (P,)
+    a = source - source_mean[segment]
+    b = target - target_mean[segment]
+    cross = np.add.reduceat(a[:, :, None] * b[:, None, :], starts, axis=0)  # (J, 3, 3) = sum a b^T
+    u, _, vt = np.linalg.svd(cross)
+    v, ut = np.swapaxes(vt, 1, 2), np.swapaxes(u, 1, 2)
+    flip = np.sign(np.linalg.det(v @ ut))  # reflections become rotations
+    v[:, :, 2] *= flip[:, None]
+    rotation = v @ ut
+    return rotation, target_mean - np.einsum('jab,jb->ja', rotation, source_mean)
+
+
+def register_segments(source: np.ndarray, starts: np.ndarray, tree: cKDTree, target: np.ndarray,
+                      rotation: np.ndarray, translation: np.ndarray, iterations: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Point-to-point ICP of every segment of ``source`` onto ``target`` (indexed by ``tree``) at once.
+
+    ``rotation`` (J, 3, 3) and ``translation`` (J, 3) are the first guesses. Returns the refined motions and
+    each segment's mean distance (J,) from its moved points to their nearest target points.
+    """
+    counts = np.diff(np.append(starts, len(source)))
+    segment = np.repeat(np.arange(len(starts)), counts)
+    for _ in range(iterations):
+        moved = np.einsum('pab,pb->pa', rotation[segment], source) + translation[segment]
+        _, nearest = tree.query(moved)
+        rotation, translation = batched_kabsch(source, target[nearest], starts)
+    moved = np.einsum('pab,pb->pa', rotation[segment], source) + translation[segment]
+    distance, _ = tree.query(moved)
+    return rotation, translation, np.add.reduceat(distance, starts) / counts
+
+
+def project_to_surface(positions: np.ndarray, tree: cKDTree, points: np.ndarray, neighbours: int = MIN_PATCH
+                       ) -> np.ndarray:
+    """(K, 3) ``positions`` moved along the normal of the plane through their nearest ``neighbours`` points.
+
+    A keypoint sits on the cloth, but a patch's rotation is least certain about its own normal, and the keypoint
+    may lie a few centimetres from the patch's centre: the lever arm would lift it off the cloth a little every
+    frame. Removing only the normal component keeps the motion along the cloth, which snapping to the nearest
+    point would turn into a random walk on a cloud sampled afresh each frame.
+    """
+    _, nearest = tree.query(positions, k=min(neighbours, len(points)))
+    local = points[nearest]  # (K, n, 3)
+    centre = local.mean(1)
+    offsets = local - centre[:, None]
+    _, vectors = np.linalg.eigh(np.einsum('kna,knb->kab', offsets, offsets))
+    normal = vectors[:, :, 0]  # (K, 3): the direction of least spread
+    return positions - np.einsum('ka,ka->k', positions - centre, normal)[:, None] * normal
+
+
+class KeypointTracker:
+    """Keypoints carried over a stream of clouds: ``state = tracker(points, detections)``.
+
+    ``points`` (N, 3) the garment's cloud in a frame fixed in the world (the node's ``target_frame``),
+    ``detections`` (K, 3) this frame's detected keypoints in the same frame; returns (K, 3) float64, the
+    tracked keypoints (unsnapped). The first frame after construction or :meth:`reset` returns the
+    detections. Reset when the garment is lost, the stream jumps, or the detector changes.
+    """
+
+    def __init__(self, config: TrackerConfig | None = None):
+        self.config = config or TrackerConfig()
+        self._cloud: np.ndarray | None = None
+        self._tree: cKDTree | None = None
+        self._state: np.ndarray | None = None
+        #: Keypoints that took their detection in the last frame because their cloth was lost (K,) bool.
+        self.lost = np.zeros(0, bool)
+
+    @property
+    def tracking(self) -> bool:
+        """True when the next frame continues a track (False right after a reset)."""
+        return self._state is not None
+
+    def reset(self) -> None:
+        self._cloud = self._tree = self._state = None
+        self.lost = np.zeros(0, bool)
+
+    def __call__(self, points: np.ndarray, detections: np.ndarray) -> np.ndarray:
+        points = np.asarray(points, np.float64)
+        detections = np.asarray(detections, np.float64)
+        if points.ndim != 2 or points.shape[1] != 3 or len(points) < MIN_PATCH:
+            raise ValueError(f'tracking needs (N >= {MIN_PATCH}, 3) points, got shape {points.shape}')
+        if detections.ndim != 2 or detections.shape[1] != 3:
+            raise ValueError(f'detections must be (K, 3), got shape {detections.shape}')
+        tree = cKDTree(points)
+        if self._state is None or self._state.shape != detections.shape:
+            state = detections.copy()
+            self.lost = np.zeros(len(detections), bool)
+        else:
+            state = self._follow(points, tree, detections)
+        self._cloud, self._tree, self._state = points, tree, state
+        return state.copy()
+
+    def _follow(self, points: np.ndarray, tree: cKDTree, detections: np.ndarray) -> np.ndarray:
+        config, previous, state = self.config, self._cloud, self._state
+        K = len(state)
+        whole = previous[::max(1, len(previous) // GLOBAL_POINTS)]
+        shift = points.mean(0) - previous.mean(0)
+        rotation, translation, _ = register_segments(whole, np.zeros(1, np.int64), tree, points, np.eye(3)[None],
+                                                     shift[None], config.iterations)
+
+        # The patches, twice: hypothesis 0 starts from the whole cloud's motion, hypothesis 1 from none.
+        patches = [self._patch(s) for s in state]
+        counts = np.array([len(p) for p in patches])
+        source = np.concatenate(patches * 2)
+        starts = np.concatenate([[0], np.cumsum(np.tile(counts, 2))[:-1]])
+        first_rotation = np.concatenate([np.repeat(rotation, K, 0), np.repeat(np.eye(3)[None], K, 0)])
+        first_translation = np.concatenate([np.repeat(translation, K, 0), np.zeros((K, 3))])
+        rotations, translations, residuals = register_segments(source, starts, tree, points, first_rotation,
+                                                               first_translation, config.iterations)
+        best = np.where(residuals[K:] < residuals[:K], np.arange(K) + K, np.arange(K))  # (K,) per keypoint
+        moved = project_to_surface(np.einsum('kab,kb->ka', rotations[best], state) + translations[best], tree,
+                                   points)
+
+        self.lost = residuals[best] > config.max_residual
+        moved[self.lost] = detections[self.lost]
+        if config.gate > 0:
+            near = np.linalg.norm(detections - moved, axis=1) < config.gate
+            moved[near] += config.detection_weight * (detections[near] - moved[near])
+        if config.min_separation > 0:
+            self.lost |= self._separate(moved, detections)
+        return moved
+
+    def _separate(self, moved: np.ndarray, detections: np.ndarray) -> np.ndarray:
+        """Re-seed merged tracks from their detections, in place; returns which were re-seeded (K,) bool.
+
+        Two keypoints closer than ``min_separation`` share their patches, so from then on they move as one
+        (a merge never undoes itself): on flat cloth sampled afresh each frame, neighbouring patches can slide
+        together. Of each such pair the track farther from its own detection, the one more likely to have
+        slid, takes its detection.
+        """
+        reseeded = np.zeros(len(moved), bool)
+        off = np.linalg.norm(moved - detections, axis=1)  # (K,)
+        for _ in range(len(moved)):
+            gaps = np.linalg.norm(moved[:, None] - moved[None], axis=-1)
+            np.fill_diagonal(gaps, np.inf)
+            i, j = np.unravel_index(np.argmin(gaps), gaps.shape)
+            if gaps[i, j] >= self.config.min_separation:
+                break
+            k = i if off[i] >= off[j] and not reseeded[i] else j
+            if reseeded[k]:  # both already took their detections: the detector itself put them together
+                break
+            moved[k], off[k], reseeded[k] = detections[k], 0.0, True
+        return reseeded
+
+    def _patch(self, centre: np.ndarray) -> np.ndarray:
+        """(P, 3) points of the previous cloud around ``centre``: within the radius, else the nearest few."""
+        inside = self._tree.query_ball_point(centre, self.config.patch_radius)
+        if len(inside) < MIN_PATCH:
+            _, inside = self._tree.query(centre, k=min(MIN_PATCH, len(self._cloud)))
+        return self._cloud[np.atleast_1d(inside)]
