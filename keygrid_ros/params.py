@@ -112,6 +112,23 @@ DETECT_PARAMS: tuple[ParamSpec, ...] = (
        min=0.0, max=60.0),
     _p('smoothing', 0.0, 'Exponential smoothing of keypoints over frames: 0 = none, 0.9 = heavy. '
        'Reset whenever the garment is lost.', min=0.0, max=0.99),
+    _p('tracking.enabled', False, 'Carry each keypoint from frame to frame by registering the cloth around it '
+       '(local rigid ICP) instead of detecting it afresh: the detector only starts the tracks. Keypoints then '
+       'stay on their own cloth through folds and drags (docs/results.md, "Keypoints carried from frame to '
+       'frame"). Needs a target_frame fixed in the world (not a moving camera frame). '
+       'Tracks restart when the garment is lost or the stream jumps (tracking.max_gap_s).'),
+    _p('tracking.patch_radius', 0.06, 'Cloth around a keypoint registered from one frame to the next (metres).',
+       min=0.01, max=0.5),
+    _p('tracking.max_residual', 0.03, 'A keypoint whose registered patch stays farther than this (mean, metres) '
+       'from the new cloud has lost its cloth and takes its detection.', min=0.001, max=1.0),
+    _p('tracking.gate', 0.0, 'Detections within this distance (metres) of their tracked keypoint pull it by '
+       'tracking.detection_weight, which stops drift where the two agree. 0 = never.', min=0.0, max=1.0),
+    _p('tracking.detection_weight', 0.5, 'How far a detection inside the gate pulls its tracked keypoint '
+       '(0 = not at all, 1 = all the way).', min=0.0, max=1.0),
+    _p('tracking.min_separation', 0.03, 'Two tracked keypoints closer than this (metres) have merged; the one '
+       'farther from its detection takes it. 0 = never.', min=0.0, max=0.5),
+    _p('tracking.max_gap_s', 1.0, 'Restart the tracks when consecutive clouds are further apart than this '
+       '(seconds, by stamp) or a stamp goes backwards (a bag looping).', min=0.0, max=60.0),
     _p('publish_markers', True, 'Publish ~/markers (MarkerArray) for RViz.'),
     _p('publish_cropped_points', False, 'Publish ~/cropped_points, the model input cloud in the '
        'target frame (debugging; costs bandwidth).'),

@@ -311,3 +311,24 @@ def test_a_student_with_canonicalize_gets_one_warning_that_it_is_ignored(caplog)
         DetectorNode({'model_type': 'useek', 'keypoint_mode': 'hard'}, lambda *_: None, model=StubModel())
         DetectorNode({'canonicalize': 'frame'}, lambda *_: None, model=StubModel())
     assert not [r for r in caplog.records if 'useek' in r.getMessage()]
+
+
+def test_tracking_carries_keypoints_and_restarts_when_the_stream_jumps(monkeypatch):
+    node, out = make_node({'tracking.enabled': True, 'max_age_s': 0.0})
+    tracker = node.detector.tracker
+    starts = []
+    original = tracker.reset
+    monkeypatch.setattr(tracker, 'reset', lambda: (starts.append(True), original()))
+    for stamp in (10 * SECOND, 10 * SECOND + SECOND // 10):  # 0.1 s apart: one stream
+        assert node.process(synthetic_cloud(stamp)).reason is None
+    assert tracker.tracking and not starts
+    assert node.process(synthetic_cloud(5 * SECOND)).reason is None  # backwards: a bag looping
+    assert len(starts) == 1
+    assert node.process(synthetic_cloud(8 * SECOND)).reason is None  # a 3 s gap > tracking.max_gap_s (1 s)
+    assert len(starts) == 2
+    # The scene does not move, so tracked keypoints stay where the detector first put them.
+    first, last = out.on('keypoints')[0], out.on('keypoints')[-1]
+    assert [p.position for p in first.poses] == [p.position for p in last.poses]
+    assert node.set_parameters({'tracking.enabled': False}) == (True, '')
+    assert node.detector.tracker is None
+    assert node.set_parameters({'tracking.patch_radius': 0.0})[0] is False

@@ -6,9 +6,9 @@
 
 Stages: preprocess (``Preprocessor``: crop, table, cluster, FPS, normalise) -> model (anything with the
 :class:`KeypointModel` surface; :func:`load_model` adapts the model package's inference wrapper) ->
-postprocess (keypoint mode, denormalise, confidence from the weight distribution, optional smoothing, garment
-pose). Failures are not exceptions: :attr:`Detection.reason` says why, so the node keeps
-going and can tell the user. No ROS types here.
+postprocess (optional tracking from frame to frame, keypoint mode, denormalise, confidence from the weight
+distribution, optional smoothing, garment pose). Failures are not exceptions: :attr:`Detection.reason` says
+why, so the node keeps going and can tell the user. No ROS types here.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from keygrid_ros.params import KEYPOINT_MODES
 from keygrid_ros.perception.plane import Plane
 from keygrid_ros.perception.postprocess import KeypointSmoother, garment_pose, keypoint_confidence
 from keygrid_ros.perception.preprocess import PreprocessConfig, Preprocessor
+from keygrid_ros.perception.tracking import KeypointTracker, TrackerConfig
 
 LOG = logging.getLogger(__name__)
 
@@ -153,12 +154,14 @@ def load_model(path: str | Path, model_type: str = 'keygrid', device: str = 'cpu
 class Detector:
     """Callable: ``detection = Detector(model, config)(points, transform)``.
 
-    Holds the per-stream state (the keypoint smoother); :meth:`reset` forgets it. ``configure`` swaps the
-    preprocessing configuration (live parameter changes) between frames.
+    Holds the per-stream state (the keypoint tracker and smoother); :meth:`reset` forgets it. ``configure``
+    swaps the preprocessing configuration (live parameter changes) between frames. With ``tracking`` set,
+    the model's keypoints start the tracks and later frames carry them (:mod:`keygrid_ros.perception.tracking`);
+    the keypoint mode then applies to the tracked keypoints (``snapped`` and ``hard``: the nearest input point).
     """
 
     def __init__(self, model: KeypointModel, config: PreprocessConfig | None = None, device: str = 'cpu',
-                 keypoint_mode: str = 'snapped', smoothing: float = 0.0):
+                 keypoint_mode: str = 'snapped', smoothing: float = 0.0, tracking: TrackerConfig | None = None):
         if keypoint_mode not in KEYPOINT_MODES:
             raise ValueError(f'keypoint_mode {keypoint_mode!r} is not one of {list(KEYPOINT_MODES)}')
         self.model = model
@@ -166,20 +169,28 @@ class Detector:
         self.keypoint_mode = keypoint_mode
         self.preprocess = Preprocessor(config or PreprocessConfig(), device=device)
         self.smoother = KeypointSmoother(smoothing)
+        self.tracker = KeypointTracker(tracking) if tracking is not None else None
         names = getattr(model, 'keypoint_names', None)
         self._names: tuple[str, ...] | None = tuple(names) if names else None
         reference = getattr(model, 'reference_keypoints', None)
         self._reference = None if reference is None else np.asarray(reference, np.float64)
 
-    def configure(self, config: PreprocessConfig | None = None, smoothing: float | None = None) -> None:
-        """Apply new settings; the next frame uses them (the caller serialises this with frames)."""
+    def configure(self, config: PreprocessConfig | None = None, smoothing: float | None = None,
+                  tracking: TrackerConfig | None | bool = True) -> None:
+        """Apply new settings; the next frame uses them (the caller serialises this with frames).
+        ``tracking``: new tracker settings, None to stop tracking, True (default) to leave it as it is."""
         if config is not None and config != self.preprocess.config:
             self.preprocess = Preprocessor(config, device=self.device)
         if smoothing is not None and smoothing != self.smoother.alpha:
             self.smoother = KeypointSmoother(smoothing)
+        if tracking is not True and tracking != (self.tracker.config if self.tracker else None):
+            self.tracker = KeypointTracker(tracking) if tracking is not None else None
 
     def reset(self) -> None:
+        """Forget the stream: the next frame starts new tracks and new smoothing."""
         self.smoother.reset()
+        if self.tracker is not None:
+            self.tracker.reset()
 
     def warmup(self, repeats: int = 2) -> float:
         """Run the model on a random normalised cloud of ``num_points`` (first calls allocate and pick kernels,
@@ -203,7 +214,7 @@ class Detector:
         pre = self.preprocess(points, transform)
         ms = dict(pre.report.ms)
         if not pre.ok:
-            self.smoother.reset()  # a new garment must not inherit the old one's keypoints
+            self.reset()  # a new garment must not inherit the old one's keypoints
             ms['total'] = (time.perf_counter() - start) * 1e3
             return Detection(reason=pre.report.reason, names=self.names, plane=pre.plane, ms=ms,
                              stage_points=dict(pre.report.points))
@@ -213,7 +224,7 @@ class Detector:
             keypoints_n, weights, strengths = (np.asarray(a) for a in self.model.predict(pre.model_input)[:3])
         except Exception as exc:  # a model failure is a frame failure, not a dead node
             LOG.debug('model failed', exc_info=True)
-            self.smoother.reset()
+            self.reset()
             ms['model'] = (time.perf_counter() - t0) * 1e3
             return Detection(reason=f'model failed: {type(exc).__name__}: {exc}', names=self.names,
                              plane=pre.plane, ms=ms, stage_points=dict(pre.report.points))
@@ -228,9 +239,12 @@ class Detector:
             keypoints = pre.points[np.argmax(weights, axis=1)].astype(np.float64)
         else:
             keypoints = pre.normalization.invert(keypoints_n.astype(np.float64))
-            if self.keypoint_mode == 'snapped':  # the input point nearest to the weighted mean
-                nearest = ((keypoints[:, None, :] - pre.points[None, :, :]) ** 2).sum(-1).argmin(1)  # (K,)
-                keypoints = pre.points[nearest].astype(np.float64)
+        if self.tracker is not None:  # the detections start (and may steer) tracks of the keypoints' cloth
+            keypoints = self.tracker(pre.points, keypoints)
+        if self.keypoint_mode == 'snapped' or (self.keypoint_mode == 'hard' and self.tracker is not None):
+            # the input point nearest to the weighted mean (or to the tracked keypoint)
+            nearest = ((keypoints[:, None, :] - pre.points[None, :, :]) ** 2).sum(-1).argmin(1)  # (K,)
+            keypoints = pre.points[nearest].astype(np.float64)
         keypoints = self.smoother(keypoints)
         confidence = keypoint_confidence(weights)
         up = None

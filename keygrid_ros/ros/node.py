@@ -37,6 +37,7 @@ from keygrid_ros.perception import outputs
 from keygrid_ros.perception.detector import Detection, Detector, KeypointModel, load_model, resolve_device
 from keygrid_ros.perception.pointcloud2 import PointCloud2Error, read_xyz
 from keygrid_ros.perception.preprocess import PreprocessConfig
+from keygrid_ros.perception.tracking import TrackerConfig
 from keygrid_ros.ros.tf_buffer import TransformUnavailableError
 
 PACKAGE = 'keygrid_ros'
@@ -287,7 +288,8 @@ class DetectorNode:
             compiled = merged['compile'] and warmup  # compiling happens in the warm-up, never on a live frame
             model = self._load_model(path, merged['model_type'], device, compiled, merged['canonicalize'])
         self.detector = Detector(model, _preprocess_config(merged), device=device,
-                                 keypoint_mode=merged['keypoint_mode'], smoothing=merged['smoothing'])
+                                 keypoint_mode=merged['keypoint_mode'], smoothing=merged['smoothing'],
+                                 tracking=TrackerConfig.from_params(merged))
         if merged['model_type'] == 'useek' and merged['canonicalize'] != 'none':
             self.logger.warning(f"canonicalize: {merged['canonicalize']} is ignored for model_type useek: the "
                                 'student is SE(3)-invariant already')
@@ -312,6 +314,7 @@ class DetectorNode:
         self._last_detection: Detection | None = None
         self._last_reason: str | None = 'no cloud received yet'
         self._last_stamp_age_ms = float('nan')
+        self._last_cloud_stamp: int | None = None
         self._last_frame = ''
         self._next_diagnostics_ns = 0
         self._warned_no_input = False
@@ -354,7 +357,8 @@ class DetectorNode:
             if reason:
                 return False, reason
             self.values = dict(self.values, **clean)
-            self.detector.configure(_preprocess_config(self.values), smoothing=self.values['smoothing'])
+            self.detector.configure(_preprocess_config(self.values), smoothing=self.values['smoothing'],
+                                    tracking=TrackerConfig.from_params(self.values))
         if clean:
             self.logger.info('parameters updated: ' + ', '.join(f'{k}={v!r}' for k, v in clean.items()))
         return True, ''
@@ -436,6 +440,10 @@ class DetectorNode:
                 return self._fail(out_header, 'tf', f"no transform from '{source_frame}' to '{target_frame}': "
                                   f'{type(exc).__name__}: {exc}', 'tf_errors')
 
+        last, self._last_cloud_stamp = self._last_cloud_stamp, stamp
+        if (self.detector.tracker is not None and last is not None
+                and not 0 <= stamp - last <= self.values['tracking.max_gap_s'] * 1e9):
+            self.detector.reset()  # the stream jumped (a gap, a bag looping): the tracks start again
         detection = self.detector(points, transform)
         if not detection.ok:
             reason = detection.reason
