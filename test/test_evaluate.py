@@ -122,6 +122,9 @@ def test_predict_frames_inverts_normalisation_and_se3(files, augment):
     expected = np.take_along_axis(seq.vertices, pred.sample_indices[:, :4, None], axis=1)
     np.testing.assert_allclose(pred.keypoints, expected, atol=1e-5)
     np.testing.assert_array_equal(pred.vertex_indices, pred.sample_indices[:, :4])
+    # The clouds the model saw, back in the file's coordinates (what tracking runs on).
+    clouds = np.take_along_axis(seq.vertices, pred.sample_indices[..., None], axis=1)
+    np.testing.assert_allclose(pred.clouds, clouds, atol=1e-5)
 
 
 def test_score_sequence_of_the_ground_truth_is_perfect(files):
@@ -240,3 +243,20 @@ def test_canonicalize_is_reported_and_refused_for_students(files, tmp_path, caps
     student = save_student(tmp_path / 'student.safetensors', SPRINSeg(SPRINConfig.tiny()), teacher={'file': 't'})
     assert main(['evaluate', '--model', str(student), '--data', str(files['fold']), '--canonicalize', 'up']) == 2
     assert 'SE(3)-invariant' in capsys.readouterr().err
+
+
+def test_tracking_and_surface_sampling_are_reported_and_misuse_refused(files, capsys):
+    args = ['evaluate', '--model', str(files['model']), '--data', str(files['fold']), '--json', '--device', 'cpu']
+    assert main(args + ['--tracking', '--tracking-radius', '0.1', '--sampling', 'surface', '--keypoints',
+                        'snapped']) == 0
+    report = last_json(capsys)
+    assert report['sampling'] == 'surface' and report['tracking']['patch_radius'] == 0.1
+    assert 0 <= report['das'] <= 100
+    assert main(args) == 0
+    assert last_json(capsys)['tracking'] is None
+    assert main(args + ['--tracking-gate', '0.02']) == 2
+    assert 'need --tracking' in capsys.readouterr().err
+    assert main(args + ['--tracking', '--sweep']) == 2
+    assert 'without --tracking' in capsys.readouterr().err
+    assert main(['evaluate', '--baseline', 'landmarks', '--data', str(files['fold']), '--tracking']) == 2
+    assert 'do not apply' in capsys.readouterr().err

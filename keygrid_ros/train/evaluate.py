@@ -40,6 +40,7 @@ from ..data.dataset import Augment, SequenceDataset, sequence_files
 from ..data.sequences import Sequence as MeshSequence
 from ..data.sequences import load_sequence
 from ..normalize import Normalization
+from ..perception.tracking import KeypointTracker, TrackerConfig
 from . import metrics
 
 #: ``points`` (B, N, 3) float32 in the normalised cube -> keypoints (B, K, 3) in the same units.
@@ -75,6 +76,7 @@ class FramePredictions(NamedTuple):
     keypoints: np.ndarray  # (T, K, 3) float64, in the sequence's own coordinates
     vertex_indices: np.ndarray  # (T, K) int64: the sampled vertex each keypoint is nearest to (hard: sits on)
     sample_indices: np.ndarray  # (T, N) int64: the vertices the model saw
+    clouds: np.ndarray | None = None  # (T, N, 3) float64: the points the model saw, in the sequence's coordinates
 
 
 def model_keypoint_fn(model: torch.nn.Module, hard: bool | None = None) -> KeypointFn:
@@ -190,21 +192,41 @@ def predict_frames(
     count = int(dataset.frame_counts[sequence])
     frames = list(range(count)) if frames is None else [int(f) for f in frames]
     loader = DataLoader(Subset(dataset, [start + f for f in frames]), batch_size=batch_size, shuffle=False)
-    keypoints, vertex_ids, samples = [], [], []
+    keypoints, vertex_ids, samples, clouds = [], [], [], []
     for batch in loader:
         points = batch['points']
         kp = keypoint_fn(points).detach().to('cpu', torch.float64)  # (B, K, 3) normalised
         nearest = torch.cdist(kp, points.double()).argmin(-1)  # (B, K) into the sample
         vertex_ids.append(torch.gather(batch['indices'], 1, nearest).numpy())
         samples.append(batch['indices'].numpy())
-        scale = batch['scale'].double().view(-1, 1, 1)
-        offset = batch['offset'].double().view(-1, 1, 1)
-        augmented = (kp + 1.0) / scale + offset
-        original = (augmented - batch['translation'].double().unsqueeze(1)) @ batch['rotation'].double()
-        original = original / batch['stretch'].double().unsqueeze(1)
-        keypoints.append(original.numpy())
+        keypoints.append(_sequence_coordinates(kp, batch))
+        clouds.append(_sequence_coordinates(points.double(), batch))
     return FramePredictions(np.asarray(frames), np.concatenate(keypoints), np.concatenate(vertex_ids),
-                            np.concatenate(samples))
+                            np.concatenate(samples), np.concatenate(clouds))
+
+
+def _sequence_coordinates(normalised: torch.Tensor, batch: dict[str, torch.Tensor]) -> np.ndarray:
+    """(B, M, 3) normalised model-input points of ``batch`` back in their sequence file's coordinates."""
+    augmented = (normalised + 1.0) / batch['scale'].double().view(-1, 1, 1) + batch['offset'].double().view(-1, 1, 1)
+    moved = (augmented - batch['translation'].double().unsqueeze(1)) @ batch['rotation'].double()
+    return (moved / batch['stretch'].double().unsqueeze(1)).numpy()
+
+
+def track_predictions(pred: FramePredictions, config: TrackerConfig, snap: bool = True) -> FramePredictions:
+    """The node's ``tracking`` mode on one sequence: ``pred``'s keypoints start the tracks on its first frame
+    and steer them as the tracker's settings say (:class:`~keygrid_ros.perception.tracking.KeypointTracker`);
+    ``snap`` moves each tracked keypoint to the nearest point of its frame's cloud (the node's ``snapped``).
+    Needs ``pred.clouds`` (:func:`predict_frames` fills them), frames in stream order."""
+    if pred.clouds is None:
+        raise ValueError('tracking needs the clouds the model saw (FramePredictions.clouds)')
+    tracker = KeypointTracker(config)
+    keypoints, vertex_ids = [], []
+    for cloud, detections, samples in zip(pred.clouds, pred.keypoints, pred.sample_indices):
+        tracked = tracker(cloud, detections)  # (K, 3)
+        nearest = ((tracked[:, None, :] - cloud[None]) ** 2).sum(-1).argmin(1)  # (K,) into the sample
+        keypoints.append(cloud[nearest] if snap else tracked)
+        vertex_ids.append(samples[nearest])
+    return pred._replace(keypoints=np.stack(keypoints), vertex_indices=np.stack(vertex_ids))
 
 
 def score_sequence(seq: MeshSequence, pred: FramePredictions, num_ground_truth: int | None = None) -> dict[str, Any]:
@@ -309,23 +331,36 @@ def evaluate_paths(
     num_ground_truth: int | None = None,
     max_frames: int | None = None,
     progress: Callable[[str], None] | None = None,
+    sampling: str = 'fps',
+    tracking: TrackerConfig | None = None,
+    snap_tracked: bool = True,
 ) -> dict[str, Any]:
     """Evaluate every sequence in ``paths`` (files, OBJ folders, or folders of sequence files).
 
+    ``sampling``: how each frame's points are drawn (:class:`~keygrid_ros.data.dataset.SequenceDataset`):
+    ``'fps'`` picks mesh vertices, the same ones in every frame of a sequence when the mesh has fewer
+    vertices than ``num_points``; ``'surface'`` samples the faces afresh in every frame, as a depth sensor does.
+    ``tracking``: carry the keypoints from frame to frame (:func:`track_predictions`; ``snap_tracked``).
     Returns the summary (:func:`summarize`) with ``sequences``, the per-sequence results.
     """
     perturbation = perturbation or Perturbation()
     dataset = SequenceDataset(sorted_sequence_files(paths), num_points=num_points, augment=perturbation.augment(),
-                              seed=perturbation.seed, max_frames=max_frames, cache_size=1, keypoints=False)
+                              seed=perturbation.seed, max_frames=max_frames, cache_size=1, keypoints=False,
+                              sampling=sampling)
+    label = ','.join(p for p in (perturbation.label(), 'surface' if sampling == 'surface' else '',
+                                 'tracked' if tracking else '') if p)
     per_sequence = []
     for i, path in enumerate(dataset.files):
         seq = load_sequence(path)
         pred = predict_frames(keypoint_fn, dataset, i, batch_size=batch_size)
+        if tracking is not None:
+            pred = track_predictions(pred, tracking, snap_tracked)
         result = score_sequence(seq, pred, num_ground_truth)
         per_sequence.append(result)
         if progress:
-            progress(score_line(path, result, perturbation.label()))
-    return {**summarize(per_sequence), 'perturbation': asdict(perturbation),
+            progress(score_line(path, result, label))
+    return {**summarize(per_sequence), 'perturbation': asdict(perturbation), 'sampling': sampling,
+            'tracking': asdict(tracking) if tracking is not None else None,
             'points': perturbation.points or num_points, 'sequences': per_sequence}
 
 

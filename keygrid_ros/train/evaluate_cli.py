@@ -46,6 +46,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='FPS-downsample the input to N points (paper: 1024, 512, 256, 128)')
     parser.add_argument('--se3', action='store_true', help='random rotation + translation of every frame (seeded)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the sampling and the perturbations')
+    parser.add_argument('--sampling', choices=('fps', 'surface'), default='fps',
+                        help="how each frame's points are drawn: 'fps' (default, the released code) picks mesh "
+                             "vertices, the same ones in every frame when the mesh has fewer than the model's "
+                             "points; 'surface' samples the faces afresh in every frame, as a depth sensor does")
+    parser.add_argument('--tracking', action='store_true',
+                        help="the node's tracking mode: the model's keypoints start tracks on the first frame and "
+                             'local ICP carries them from frame to frame (frames in order; sequence coordinates)')
+    parser.add_argument('--tracking-radius', type=float, default=None, metavar='M',
+                        help='tracking patch radius, metres (default: the node default, 0.06)')
+    parser.add_argument('--tracking-gate', type=float, default=None, metavar='M',
+                        help='detections within this distance pull their tracked keypoint half way (default 0: '
+                             'never)')
     parser.add_argument('--sweep', action='store_true',
                         help='robustness sweep: noise 0.02..0.08, points 1024..128, SE(3); writes PNG + JSON')
     parser.add_argument('--sweep-out', default='robustness', metavar='PREFIX',
@@ -110,11 +122,15 @@ def run(args: argparse.Namespace) -> int:
         print(message, file=sys.stderr if args.json else sys.stdout, flush=True)
 
     if args.baseline == 'landmarks':
-        if args.noise or args.points or args.se3 or args.sweep:
-            print('keygrid evaluate: --baseline landmarks reads the ground truth, so --noise, --points, --se3 and '
-                  '--sweep do not apply to it', file=sys.stderr)
+        if args.noise or args.points or args.se3 or args.sweep or args.tracking or args.sampling != 'fps':
+            print('keygrid evaluate: --baseline landmarks reads the ground truth, so --noise, --points, --se3, '
+                  '--sampling, --tracking and --sweep do not apply to it', file=sys.stderr)
             return 2
         compute = functools.partial(landmark_report, args, say)
+    elif args.sweep and (args.tracking or args.sampling != 'fps'):
+        print('keygrid evaluate: --sweep scores the perturbations one frame at a time on FPS samples; run it '
+              'without --tracking and --sampling', file=sys.stderr)
+        return 2
     else:
         detector = load_detector(args)
         if detector is None:
@@ -152,7 +168,10 @@ def detector_report(args: argparse.Namespace, keypoint_fn, trained_points: int, 
     points = args.points if args.points and args.points < num_points else None
     perturbation = evaluate.Perturbation(noise=args.noise, points=points, se3=args.se3, seed=args.seed)
     common = dict(batch_size=args.batch_size, max_frames=args.max_frames)
-    report = evaluate.evaluate_paths(keypoint_fn, args.data, num_points, perturbation, progress=say, **common)
+    tracking = tracker_config(args)
+    report = evaluate.evaluate_paths(keypoint_fn, args.data, num_points, perturbation, progress=say,
+                                     sampling=args.sampling, tracking=tracking, snap_tracked=args.keypoints != 'soft',
+                                     **common)
     report['model'] = label
     report['keypoints'] = args.keypoints
     report['canonicalize'] = args.canonicalize
@@ -164,6 +183,18 @@ def detector_report(args: argparse.Namespace, keypoint_fn, trained_points: int, 
         sweep_json.write_text(json.dumps(json.loads(evaluate.to_json({'model': label, **sweep})), indent=1) + '\n')
         report.update(robustness=sweep, plot=str(plot), robustness_json=str(sweep_json))
     return report
+
+
+def tracker_config(args: argparse.Namespace):
+    """The tracker settings of ``--tracking`` (None without it); the node's defaults where not given."""
+    from ..perception.tracking import TrackerConfig
+
+    if not args.tracking:
+        if args.tracking_radius is not None or args.tracking_gate is not None:
+            raise ValueError('--tracking-radius and --tracking-gate need --tracking')
+        return None
+    given = {'patch_radius': args.tracking_radius, 'gate': args.tracking_gate}
+    return TrackerConfig(**{k: v for k, v in given.items() if v is not None})
 
 
 def landmark_report(args: argparse.Namespace, say) -> dict:
