@@ -1,4 +1,4 @@
-"""``keygrid bench {preprocess,model,node} --json``: medians, never timed unit tests.
+"""``keygrid bench {preprocess,model,node,tracking} --json``: medians, never timed unit tests.
 
 Each benchmark is a module ``keygrid_ros.bench.<name>`` with ``add_arguments(parser)`` and
 ``run(args) -> dict``; this front end prints a human summary, or with ``--json`` one JSON object
@@ -16,6 +16,7 @@ BENCHMARKS = {
     'preprocess': 'PointCloud2 bytes -> normalised model input (crop, table, cluster, FPS)',
     'model': 'Key-Grid inference (batch 1 and 32) and a training step (batch 8)',
     'node': 'end to end over DDS loopback: cloud published -> keypoints received',
+    'tracking': 'the keypoint tracker (tracking.enabled) per frame: local ICP of K patches',
 }
 
 
