@@ -119,8 +119,13 @@ DETECT_PARAMS: tuple[ParamSpec, ...] = (
        'Tracks restart when the garment is lost or the stream jumps (tracking.max_gap_s).'),
     _p('tracking.patch_radius', 0.06, 'Cloth around a keypoint registered from one frame to the next (metres).',
        min=0.01, max=0.5),
-    _p('tracking.max_residual', 0.03, 'A keypoint whose registered patch stays farther than this (mean, metres) '
-       'from the new cloud has lost its cloth and takes its detection.', min=0.001, max=1.0),
+    _p('tracking.max_residual', 0.03, 'A keypoint whose registered patch stays farther than this (median, '
+       'metres) from the new cloud has lost its cloth and takes its detection.', min=0.001, max=1.0),
+    _p('tracking.hide_distance', 0.015, 'No cloud point this near (metres) to a keypoint, nor to where its patch '
+       'went: its cloth is hidden (under a fold, seen from one camera) and the keypoint waits where it was.',
+       min=0.001, max=0.5),
+    _p('tracking.start_frames', 3, 'Tracks start after this many consecutive frames whose detections moved less '
+       'than half a patch radius, so that they do not start from a detector still settling.', min=1, max=1000),
     _p('tracking.gate', 0.0, 'Detections within this distance (metres) of their tracked keypoint pull it by '
        'tracking.detection_weight, which stops drift where the two agree. 0 = never.', min=0.0, max=1.0),
     _p('tracking.detection_weight', 0.5, 'How far a detection inside the gate pulls its tracked keypoint '

@@ -319,8 +319,8 @@ def test_tracking_carries_keypoints_and_restarts_when_the_stream_jumps(monkeypat
     starts = []
     original = tracker.reset
     monkeypatch.setattr(tracker, 'reset', lambda: (starts.append(True), original()))
-    for stamp in (10 * SECOND, 10 * SECOND + SECOND // 10):  # 0.1 s apart: one stream
-        assert node.process(synthetic_cloud(stamp)).reason is None
+    for i in range(4):  # 0.1 s apart: one stream; tracks start after tracking.start_frames steady frames
+        assert node.process(synthetic_cloud(10 * SECOND + i * SECOND // 10)).reason is None
     assert tracker.tracking and not starts
     assert node.process(synthetic_cloud(5 * SECOND)).reason is None  # backwards: a bag looping
     assert len(starts) == 1

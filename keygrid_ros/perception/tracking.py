@@ -6,15 +6,20 @@ from frame to frame"). A robot sees a stream; between two frames the cloth aroun
 rigidly, so registering that patch of the last cloud onto the new cloud says where the keypoint's own cloth
 went, whatever the new outline looks like.
 
-Per frame, for keypoint k at ``s_k`` (the tracker's state, target frame, metres):
+Tracks start from the detections once these have held still for ``start_frames`` frames (a detector that is
+still settling, right after the garment was put down, would hand a track a wrong start it never loses).
+Then, per frame, for keypoint k at ``s_k`` (the tracker's state, target frame, metres):
 
 1. the patch: points of the previous cloud within ``patch_radius`` of ``s_k`` (at least ``MIN_PATCH`` points);
-2. rigid ICP of the patch onto the new cloud (point to point, ``iterations`` steps) from two first guesses,
-   no motion and the whole cloud's rigid motion (ICP of the whole previous cloud, started from the centroid
-   shift), keeping the one with the smaller mean residual: the first follows a flap lifted off a garment
-   that stays put, the second a garment that falls or slides as a whole;
+2. trimmed rigid ICP of the patch onto the new cloud (point to point, ``iterations`` steps, pairs beyond
+   ``TRIM`` times the median distance left out) from two first guesses, no motion and the whole cloud's
+   rigid motion (ICP of the whole previous cloud, started from the centroid shift), keeping the one with the
+   smaller median residual: the first follows a flap lifted off a garment that stays put, the second a
+   garment that falls or slides as a whole;
 3. ``s_k <- R s_k + t``, put back onto the new cloud's local surface (:func:`project_to_surface`); a
-   keypoint whose residual stays above ``max_residual`` is lost and takes the detection instead;
+   keypoint with no cloud point within ``hide_distance`` of where it was nor of where it went is hidden
+   (one camera no longer sees the cloth under a fold) and waits where it was; one whose residual stays above
+   ``max_residual`` is lost and takes the detection instead;
 4. optional fusion: a detection within ``gate`` of ``s_k`` pulls it by ``detection_weight`` (stops drift where
    detector and tracker agree, and ignores the detector where it jumped to other cloth);
 5. tracks closer than ``min_separation`` have merged (their patches overlap, so they would move as one from
@@ -34,6 +39,8 @@ from scipy.spatial import cKDTree
 
 #: Fewest points a patch is registered with (the nearest ones when the radius holds fewer).
 MIN_PATCH = 8
+#: Pairs farther apart than this many times their patch's median distance are left out of an ICP step.
+TRIM = 2.5
 #: Most points of the previous cloud used for the whole-cloud motion guess (a random-free stride subset).
 GLOBAL_POINTS = 1024
 
@@ -48,6 +55,8 @@ class TrackerConfig:
     gate: float = 0.0
     detection_weight: float = 0.5
     min_separation: float = 0.03
+    hide_distance: float = 0.015
+    start_frames: int = 3
 
     def __post_init__(self) -> None:
         if not self.patch_radius > 0:
@@ -60,6 +69,10 @@ class TrackerConfig:
             raise ValueError(f'tracking gate must be >= 0 m (0 = no fusion), got {self.gate}')
         if not 0.0 <= self.detection_weight <= 1.0:
             raise ValueError(f'tracking detection_weight must be in [0, 1], got {self.detection_weight}')
+        if not 1 <= self.start_frames <= 1000:
+            raise ValueError(f'tracking start_frames must be in [1, 1000], got {self.start_frames}')
+        if not self.hide_distance > 0:
+            raise ValueError(f'tracking hide_distance must be > 0 m, got {self.hide_distance}')
         if self.min_separation < 0:
             raise ValueError(f'tracking min_separation must be >= 0 m, got {self.min_separation}')
 
@@ -70,26 +83,31 @@ class TrackerConfig:
             return None
         return cls(patch_radius=values['tracking.patch_radius'], max_residual=values['tracking.max_residual'],
                    gate=values['tracking.gate'], detection_weight=values['tracking.detection_weight'],
-                   min_separation=values['tracking.min_separation'])
+                   min_separation=values['tracking.min_separation'], hide_distance=values['tracking.hide_distance'],
+                   start_frames=values['tracking.start_frames'])
 
 
-def batched_kabsch(source: np.ndarray, target: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Least-squares rigid motions, one per segment of paired points.
+def batched_kabsch(source: np.ndarray, target: np.ndarray, starts: np.ndarray, weights: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted least-squares rigid motions, one per segment of paired points.
 
     Args:
         source, target: (P, 3) paired points; segment j is rows ``starts[j]:starts[j + 1]`` (the last runs to P).
         starts: (J,) increasing row offsets, ``starts[0] == 0``, every segment non-empty.
+        weights: (P,) non-negative pair weights (default: all 1); every segment needs a positive sum.
 
     Returns:
-        R (J, 3, 3) proper rotations and t (J, 3) with ``target ≈ source @ R[j].T + t[j]`` per segment.
+        R (J, 3, 3) proper rotations and t (J, 3) minimising sum_p w_p ||R[j] s_p + t[j] - t_p||² per segment.
     """
-    counts = np.diff(np.append(starts, len(source)))[:, None]  # (J, 1)
-    source_mean = np.add.reduceat(source, starts, axis=0) / counts  # (J, 3)
-    target_mean = np.add.reduceat(target, starts, axis=0) / counts
-    segment = np.repeat(np.arange(len(starts)), counts[:, 0])  # (P,)
-    a = source - source_mean[segment]
+    counts = np.diff(np.append(starts, len(source)))  # (J,)
+    segment = np.repeat(np.arange(len(starts)), counts)  # (P,)
+    w = np.ones(len(source)) if weights is None else np.asarray(weights, np.float64)
+    total = np.add.reduceat(w, starts)[:, None]  # (J, 1)
+    source_mean = np.add.reduceat(source * w[:, None], starts, axis=0) / total  # (J, 3)
+    target_mean = np.add.reduceat(target * w[:, None], starts, axis=0) / total
+    a = (source - source_mean[segment]) * w[:, None]
     b = target - target_mean[segment]
-    cross = np.add.reduceat(a[:, :, None] * b[:, None, :], starts, axis=0)  # (J, 3, 3) = sum a b^T
+    cross = np.add.reduceat(a[:, :, None] * b[:, None, :], starts, axis=0)  # (J, 3, 3) = sum w a b^T
     u, _, vt = np.linalg.svd(cross)
     v, ut = np.swapaxes(vt, 1, 2), np.swapaxes(u, 1, 2)
     flip = np.sign(np.linalg.det(v @ ut))  # reflections become rotations
@@ -103,18 +121,27 @@ def register_segments(source: np.ndarray, starts: np.ndarray, tree: cKDTree, tar
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Point-to-point ICP of every segment of ``source`` onto ``target`` (indexed by ``tree``) at once.
 
-    ``rotation`` (J, 3, 3) and ``translation`` (J, 3) are the first guesses. Returns the refined motions and
-    each segment's mean distance (J,) from its moved points to their nearest target points.
+    ``rotation`` (J, 3, 3) and ``translation`` (J, 3) are the first guesses. Pairs farther apart than
+    ``TRIM`` times their segment's median distance are left out of each step (trimmed ICP): where part of a
+    patch is hidden or gone, its points would otherwise pull the fit towards whatever cloth is nearest. Returns
+    the refined motions and each segment's median distance (J,) from its moved points to the target.
     """
     counts = np.diff(np.append(starts, len(source)))
     segment = np.repeat(np.arange(len(starts)), counts)
     for _ in range(iterations):
         moved = np.einsum('pab,pb->pa', rotation[segment], source) + translation[segment]
-        _, nearest = tree.query(moved)
-        rotation, translation = batched_kabsch(source, target[nearest], starts)
+        distance, nearest = tree.query(moved)
+        keep = distance <= TRIM * segment_median(distance, starts)[segment] + 1e-9
+        rotation, translation = batched_kabsch(source, target[nearest], starts, keep.astype(np.float64))
     moved = np.einsum('pab,pb->pa', rotation[segment], source) + translation[segment]
     distance, _ = tree.query(moved)
-    return rotation, translation, np.add.reduceat(distance, starts) / counts
+    return rotation, translation, segment_median(distance, starts)
+
+
+def segment_median(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """(J,) the median of each segment of ``values`` (P,) (segments as in :func:`batched_kabsch`)."""
+    ends = np.append(starts[1:], len(values))
+    return np.array([np.median(values[a:b]) for a, b in zip(starts, ends)])
 
 
 def project_to_surface(positions: np.ndarray, tree: cKDTree, points: np.ndarray, neighbours: int = MIN_PATCH
@@ -149,17 +176,21 @@ class KeypointTracker:
         self._cloud: np.ndarray | None = None
         self._tree: cKDTree | None = None
         self._state: np.ndarray | None = None
+        self._steady = 0
         #: Keypoints that took their detection in the last frame because their cloth was lost (K,) bool.
         self.lost = np.zeros(0, bool)
+        #: Keypoints held where they were in the last frame because their cloth was not seen (K,) bool.
+        self.hidden = np.zeros(0, bool)
 
     @property
     def tracking(self) -> bool:
-        """True when the next frame continues a track (False right after a reset)."""
-        return self._state is not None
+        """True when the next frame continues a track (False until ``start_frames`` steady detections)."""
+        return self._state is not None and self._steady >= self.config.start_frames
 
     def reset(self) -> None:
         self._cloud = self._tree = self._state = None
-        self.lost = np.zeros(0, bool)
+        self._steady = 0  # consecutive frames whose detections moved less than half a patch radius
+        self.lost = self.hidden = np.zeros(0, bool)
 
     def __call__(self, points: np.ndarray, detections: np.ndarray) -> np.ndarray:
         points = np.asarray(points, np.float64)
@@ -169,9 +200,16 @@ class KeypointTracker:
         if detections.ndim != 2 or detections.shape[1] != 3:
             raise ValueError(f'detections must be (K, 3), got shape {detections.shape}')
         tree = cKDTree(points)
-        if self._state is None or self._state.shape != detections.shape:
+        if self._state is not None and self._state.shape != detections.shape:
+            self.reset()
+        if self._steady < self.config.start_frames:
+            # Tracks start only from steady detections: right after a restart (a garment put down, a grasp
+            # ending) the detector can still be settling, and a track keeps whatever it starts from.
+            steady = self._state is not None and \
+                np.linalg.norm(detections - self._state, axis=1).max() < self.config.patch_radius / 2
+            self._steady = self._steady + 1 if steady else 1
             state = detections.copy()
-            self.lost = np.zeros(len(detections), bool)
+            self.lost = self.hidden = np.zeros(len(detections), bool)
         else:
             state = self._follow(points, tree, detections)
         self._cloud, self._tree, self._state = points, tree, state
@@ -195,10 +233,15 @@ class KeypointTracker:
         rotations, translations, residuals = register_segments(source, starts, tree, points, first_rotation,
                                                                first_translation, config.iterations)
         best = np.where(residuals[K:] < residuals[:K], np.arange(K) + K, np.arange(K))  # (K,) per keypoint
-        moved = project_to_surface(np.einsum('kab,kb->ka', rotations[best], state) + translations[best], tree,
-                                   points)
+        carried = np.einsum('kab,kb->ka', rotations[best], state) + translations[best]
+        moved = project_to_surface(carried, tree, points)
 
-        self.lost = residuals[best] > config.max_residual
+        # Nothing seen where the keypoint was, nor where its patch went: its cloth is hidden (a single view
+        # loses the lower layer under a fold). Cloth under a flap does not move, so it waits where it was,
+        # instead of being pulled onto the flap above it.
+        self.hidden = (tree.query(carried)[0] > config.hide_distance) & (tree.query(state)[0] > config.hide_distance)
+        moved[self.hidden] = state[self.hidden]
+        self.lost = (residuals[best] > config.max_residual) & ~self.hidden
         moved[self.lost] = detections[self.lost]
         if config.gate > 0:
             near = np.linalg.norm(detections - moved, axis=1) < config.gate
