@@ -167,8 +167,10 @@ class KeypointTracker:
 
     ``points`` (N, 3) the garment's cloud in a frame fixed in the world (the node's ``target_frame``),
     ``detections`` (K, 3) this frame's detected keypoints in the same frame; returns (K, 3) float64, the
-    tracked keypoints (unsnapped). The first frame after construction or :meth:`reset` returns the
-    detections. Reset when the garment is lost, the stream jumps, or the detector changes.
+    tracked keypoints (unsnapped). Until ``start_frames`` consecutive frames of steady detections have been
+    seen (after construction or :meth:`reset`) it returns the detections. Reset when the garment is lost, the
+    stream jumps, or the detector changes. :attr:`lost` and :attr:`hidden` say what happened to each keypoint
+    in the last frame.
     """
 
     def __init__(self, config: TrackerConfig | None = None):
