@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from keygrid_ros.normalize import Normalization
 from keygrid_ros.perception.sampling import fps_order
 from keygrid_ros.perception.tracking import KeypointTracker, TrackerConfig
 
@@ -43,7 +44,7 @@ def sequence_frames(path: str, frames: int, points: int) -> list[np.ndarray]:
     from keygrid_ros.data.dataset import SequenceDataset
 
     data = SequenceDataset([path], num_points=points, sampling='surface', max_frames=frames, keypoints=False)
-    return [((item['points'].double().numpy() + 1.0) / item['scale'] + np.asarray(item['offset']))
+    return [Normalization(item['offset'], item['scale']).invert(item['points'].double().numpy())
             for item in (data[i] for i in range(len(data)))]
 
 

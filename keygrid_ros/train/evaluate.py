@@ -223,7 +223,7 @@ def track_predictions(pred: FramePredictions, config: TrackerConfig, snap: bool 
     keypoints, vertex_ids = [], []
     for cloud, detections, samples in zip(pred.clouds, pred.keypoints, pred.sample_indices):
         tracked = tracker(cloud, detections)  # (K, 3)
-        nearest = ((tracked[:, None, :] - cloud[None]) ** 2).sum(-1).argmin(1)  # (K,) into the sample
+        nearest = metrics.nearest_index(tracked[None], cloud[None])[0]  # (K,) into the sample
         keypoints.append(cloud[nearest] if snap else tracked)
         vertex_ids.append(samples[nearest])
     return pred._replace(keypoints=np.stack(keypoints), vertex_indices=np.stack(vertex_ids))
