@@ -72,6 +72,11 @@ def _p(name, default, description, **kw) -> ParamSpec:
 #: One list for the node, the detector and ``keygrid evaluate/predict --keypoints``.
 KEYPOINT_MODES = ('snapped', 'hard', 'soft')
 
+#: How tracked keypoints follow the cloth (``tracking.method``); the first is the default. 'cpd': the whole
+#: garment's nodes are registered non-rigidly (Coherent Point Drift) and the keypoints ride them; 'icp': each
+#: keypoint's own patch is registered rigidly (cheaper; drifts on flat cloth, docs/results.md).
+TRACKING_METHODS = ('cpd', 'icp')
+
 #: How a cloud is turned before a Key-Grid model (``keygrid evaluate/predict --canonicalize``): 'none' (as
 #: given; its z must be up, as in training), 'up' (turned so that the up its own shape shows is +z) or
 #: 'frame' (into its principal axes: up to +z, the longest axis to +x); keygrid_ros/model/canonical.py.
@@ -112,18 +117,30 @@ DETECT_PARAMS: tuple[ParamSpec, ...] = (
        min=0.0, max=60.0),
     _p('smoothing', 0.0, 'Exponential smoothing of keypoints over frames: 0 = none, 0.9 = heavy. '
        'Reset whenever the garment is lost.', min=0.0, max=0.99),
-    _p('tracking.enabled', False, 'Carry each keypoint from frame to frame by registering the cloth around it '
-       '(local rigid ICP) instead of detecting it afresh: the detector only starts the tracks. Keypoints then '
-       'stay on their own cloth while it is in view: on one camera drags gain 4-9 DAS, folds 0.5-6, drops '
-       'nothing (docs/results.md, "Keypoints carried from frame to frame"). Needs a target_frame fixed in the '
-       'world (not a moving camera frame). Tracks restart when the garment is lost or the stream jumps '
-       '(tracking.max_gap_s).'),
-    _p('tracking.patch_radius', 0.06, 'Cloth around a keypoint registered from one frame to the next (metres).',
+    _p('tracking.enabled', False, 'Carry the keypoints from frame to frame with the cloth instead of detecting '
+       'them afresh: the detector only starts the tracks (tracking.method says how they follow). Needs a '
+       'target_frame fixed in the world (not a moving camera frame). Tracks restart when the garment is lost or '
+       'the stream jumps (tracking.max_gap_s). Measured in docs/results.md, "Keypoints carried from frame to '
+       'frame".'),
+    _p('tracking.method', 'cpd', "'cpd': the whole garment's nodes are registered onto each new cloud by "
+       'non-rigid Coherent Point Drift and each keypoint rides its nearest nodes (about 60 ms a frame on one CPU '
+       "core; keeps folds and drags consistent). 'icp': each keypoint's own patch is registered rigidly (about "
+       '15 ms; drifts where the cloth is flat).', choices=TRACKING_METHODS),
+    _p('tracking.nodes', 500, "cpd: nodes placed on the garment by farthest point sampling when tracks start.",
+       min=16, max=4096),
+    _p('tracking.smoothness', 0.08, 'cpd: correlation length (metres) of the displacement field: nodes closer '
+       'than this move nearly together.', min=0.005, max=1.0),
+    _p('tracking.regularisation', 2.0, 'cpd: how strongly the displacement field is kept smooth against the '
+       'data (the lambda of Coherent Point Drift).', min=0.01, max=100.0),
+    _p('tracking.patch_radius', 0.06, 'icp: cloth around a keypoint registered from one frame to the next '
+       '(metres); both methods: detections steadier than half of it start the tracks.',
        min=0.01, max=0.5),
-    _p('tracking.max_residual', 0.03, 'A keypoint whose registered patch stays farther than this (median, '
-       'metres) from the new cloud has lost its cloth and takes its detection.', min=0.001, max=1.0),
-    _p('tracking.hide_distance', 0.015, 'No cloud point this near (metres) to a keypoint, nor to where its patch '
-       'went: its cloth is hidden (under a fold, seen from one camera) and the keypoint waits where it was.',
+    _p('tracking.max_residual', 0.03, 'icp: a keypoint whose registered patch stays farther than this (median, '
+       'metres) from the new cloud has lost its cloth and takes its detection. cpd: a registration whose '
+       'residual width exceeds it restarts all tracks from the detections.', min=0.001, max=1.0),
+    _p('tracking.hide_distance', 0.015, 'icp: no cloud point this near (metres) to a keypoint, nor to where its '
+       'patch went: its cloth is hidden (under a fold, seen from one camera) and the keypoint waits where it was. '
+       'cpd: a hidden keypoint moves with its nodes.',
        min=0.001, max=0.5),
     _p('tracking.start_frames', 3, 'Tracks start after this many consecutive frames whose detections moved less '
        'than half a patch radius, so that they do not start from a detector still settling.', min=1, max=1000),

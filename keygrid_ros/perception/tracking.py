@@ -37,12 +37,18 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
+from keygrid_ros.params import TRACKING_METHODS as METHODS
+from keygrid_ros.perception.cpd import coherent_point_drift
+from keygrid_ros.perception.sampling import fps_order
+
 #: Fewest points a patch is registered with (the nearest ones when the radius holds fewer).
 MIN_PATCH = 8
 #: Pairs farther apart than this many times their patch's median distance are left out of an ICP step.
 TRIM = 2.5
 #: Most points of the previous cloud used for the whole-cloud motion guess (a random-free stride subset).
 GLOBAL_POINTS = 1024
+#: Nodes a keypoint rides (inverse-distance weights, fixed when its track starts).
+ATTACH_NODES = 4
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,12 @@ class TrackerConfig:
     min_separation: float = 0.03
     hide_distance: float = 0.015
     start_frames: int = 3
+    method: str = 'cpd'
+    nodes: int = 500
+    smoothness: float = 0.08
+    regularisation: float = 2.0
+    outlier_weight: float = 0.1
+    cpd_iterations: int = 30
 
     def __post_init__(self) -> None:
         if not self.patch_radius > 0:
@@ -75,6 +87,18 @@ class TrackerConfig:
             raise ValueError(f'tracking hide_distance must be > 0 m, got {self.hide_distance}')
         if self.min_separation < 0:
             raise ValueError(f'tracking min_separation must be >= 0 m, got {self.min_separation}')
+        if self.method not in METHODS:
+            raise ValueError(f'tracking method must be one of {METHODS}, got {self.method!r}')
+        if not 16 <= self.nodes <= 4096:
+            raise ValueError(f'tracking nodes must be in [16, 4096], got {self.nodes}')
+        if not self.smoothness > 0:
+            raise ValueError(f'tracking smoothness must be > 0 m, got {self.smoothness}')
+        if not self.regularisation > 0:
+            raise ValueError(f'tracking regularisation must be > 0, got {self.regularisation}')
+        if not 0.0 <= self.outlier_weight < 1.0:
+            raise ValueError(f'tracking outlier_weight must be in [0, 1), got {self.outlier_weight}')
+        if not 1 <= self.cpd_iterations <= 200:
+            raise ValueError(f'tracking cpd_iterations must be in [1, 200], got {self.cpd_iterations}')
 
     @classmethod
     def from_params(cls, values) -> TrackerConfig | None:
@@ -84,7 +108,9 @@ class TrackerConfig:
         return cls(patch_radius=values['tracking.patch_radius'], max_residual=values['tracking.max_residual'],
                    gate=values['tracking.gate'], detection_weight=values['tracking.detection_weight'],
                    min_separation=values['tracking.min_separation'], hide_distance=values['tracking.hide_distance'],
-                   start_frames=values['tracking.start_frames'])
+                   start_frames=values['tracking.start_frames'], method=values['tracking.method'],
+                   nodes=values['tracking.nodes'], smoothness=values['tracking.smoothness'],
+                   regularisation=values['tracking.regularisation'])
 
 
 def batched_kabsch(source: np.ndarray, target: np.ndarray, starts: np.ndarray, weights: np.ndarray | None = None
@@ -179,6 +205,8 @@ class KeypointTracker:
         self._tree: cKDTree | None = None
         self._state: np.ndarray | None = None
         self._steady = 0
+        self._nodes: np.ndarray | None = None  # (M, 3) cpd: the garment's nodes, moved frame by frame
+        self._riders: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # cpd: each keypoint's nodes
         #: Keypoints that took their detection in the last frame because their cloth was lost (K,) bool.
         self.lost = np.zeros(0, bool)
         #: Keypoints held where they were in the last frame because their cloth was not seen (K,) bool.
@@ -190,7 +218,7 @@ class KeypointTracker:
         return self._state is not None and self._steady >= self.config.start_frames
 
     def reset(self) -> None:
-        self._cloud = self._tree = self._state = None
+        self._cloud = self._tree = self._state = self._nodes = self._riders = None
         self._steady = 0  # consecutive frames whose detections moved less than half a patch radius
         self.lost = self.hidden = np.zeros(0, bool)
 
@@ -212,18 +240,79 @@ class KeypointTracker:
             self._steady = self._steady + 1 if steady else 1
             state = detections.copy()
             self.lost = self.hidden = np.zeros(len(detections), bool)
+            self._nodes = self._riders = None  # nodes are placed on the cloud the tracks start from
+        elif self.config.method == 'cpd':
+            state = self._follow_garment(points, tree, detections)
         else:
             state = self._follow(points, tree, detections)
         self._cloud, self._tree, self._state = points, tree, state
         return state.copy()
 
-    def _follow(self, points: np.ndarray, tree: cKDTree, detections: np.ndarray) -> np.ndarray:
-        config, previous, state = self.config, self._cloud, self._state
-        K = len(state)
+    def _follow_garment(self, points: np.ndarray, tree: cKDTree, detections: np.ndarray) -> np.ndarray:
+        """``cpd``: move the garment's nodes onto the new cloud; each keypoint moves with its nodes."""
+        config = self.config
+        if self._nodes is None:
+            previous = self._cloud
+            self._nodes = previous[fps_order(previous, min(config.nodes, len(previous)))]
+            self._riders = self._attach(self._state)
+        # The whole cloud's rigid motion first (a garment lifted, dropped or slid as a whole): CPD's smoothness
+        # term makes large motions lag, and on flat cloth nothing pulls a lagging node back along the cloth.
+        rotation, translation = self._whole_motion(points, tree)
+        self._nodes = self._nodes @ rotation.T + translation
+        result = coherent_point_drift(self._nodes, points, config.smoothness, config.regularisation,
+                                      config.outlier_weight, config.cpd_iterations, tree=tree)
+        if not result.sigma <= config.max_residual:
+            # The cloud is not the garment the nodes were on any more (a new garment, a jump): start again.
+            self._nodes, self._riders = points[fps_order(points, min(config.nodes, len(points)))], None
+            self._riders = self._attach(detections)
+            self.lost, self.hidden = np.ones(len(detections), bool), np.zeros(len(detections), bool)
+            return detections.copy()
+        self._nodes = result.nodes
+        moved = self._ride()
+        self.lost = np.zeros(len(moved), bool)
+        # Informational: a keypoint whose cloth is not seen (the lower layer of a fold, from one camera) still
+        # moves with its nodes, which move with the cloth around them.
+        self.hidden = tree.query(moved)[0] > config.hide_distance
+        if config.gate > 0:
+            near = np.linalg.norm(detections - moved, axis=1) < config.gate
+            moved[near] += config.detection_weight * (detections[near] - moved[near])
+        if config.min_separation > 0:
+            reseeded = self._separate(moved, detections)
+            self.lost |= reseeded
+        if config.gate > 0 or self.lost.any():
+            self._riders = self._attach(moved)  # the keypoints moved off their nodes: ride from where they are
+        return moved
+
+    def _whole_motion(self, points: np.ndarray, tree: cKDTree) -> tuple[np.ndarray, np.ndarray]:
+        """(3, 3), (3,): the rigid motion of the whole last cloud onto ``points`` (trimmed ICP from the centroid
+        shift, on at most ``GLOBAL_POINTS`` of its points)."""
+        previous = self._cloud
         whole = previous[::max(1, len(previous) // GLOBAL_POINTS)]
         shift = points.mean(0) - previous.mean(0)
         rotation, translation, _ = register_segments(whole, np.zeros(1, np.int64), tree, points, np.eye(3)[None],
-                                                     shift[None], config.iterations)
+                                                     shift[None], self.config.iterations)
+        return rotation[0], translation[0]
+
+    def _attach(self, keypoints: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each keypoint's nearest nodes (K, n), their inverse-distance weights (K, n) and the offset (K, 3) that
+        puts the weighted mean of the nodes back onto the keypoint."""
+        distance, index = cKDTree(self._nodes).query(keypoints, k=min(ATTACH_NODES, len(self._nodes)))
+        distance, index = distance.reshape(len(keypoints), -1), index.reshape(len(keypoints), -1)
+        weights = 1.0 / (distance + 1e-3)
+        weights /= weights.sum(1, keepdims=True)
+        return index, weights, keypoints - np.einsum('kn,kna->ka', weights, self._nodes[index])
+
+    def _ride(self) -> np.ndarray:
+        """(K, 3) the keypoints where their nodes now are."""
+        index, weights, offset = self._riders
+        return np.einsum('kn,kna->ka', weights, self._nodes[index]) + offset
+
+    def _follow(self, points: np.ndarray, tree: cKDTree, detections: np.ndarray) -> np.ndarray:
+        """``icp``: register each keypoint's patch of the last cloud onto the new one."""
+        config, state = self.config, self._state
+        K = len(state)
+        rotation, translation = self._whole_motion(points, tree)
+        rotation, translation = rotation[None], translation[None]
 
         # The patches, twice: hypothesis 0 starts from the whole cloud's motion, hypothesis 1 from none.
         patches = [self._patch(s) for s in state]
