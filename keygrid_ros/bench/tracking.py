@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from keygrid_ros.normalize import Normalization
+from keygrid_ros.params import TRACKING_METHODS
 from keygrid_ros.perception.sampling import fps_order
 from keygrid_ros.perception.tracking import KeypointTracker, TrackerConfig
 
@@ -23,7 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--frames', type=int, default=64, help='frames tracked (default 64)')
     parser.add_argument('--points', type=int, default=2048, help='points per frame (default 2048, the model input)')
     parser.add_argument('--keypoints', type=int, default=8, help='keypoints tracked (default 8)')
-    parser.add_argument('--patch-radius', type=float, default=TrackerConfig.patch_radius, help='metres')
+    parser.add_argument('--patch-radius', type=float, default=TrackerConfig.patch_radius, help='icp: metres')
+    parser.add_argument('--method', choices=TRACKING_METHODS, default=TrackerConfig.method,
+                        help='cpd (whole garment, default) or icp (a patch per keypoint)')
+    parser.add_argument('--nodes', type=int, default=TrackerConfig.nodes, help='cpd: garment nodes')
 
 
 def folding_sheet_frames(frames: int, points: int, seed: int = 0) -> list[np.ndarray]:
@@ -52,7 +56,7 @@ def run(args: argparse.Namespace) -> dict:
     clouds = sequence_frames(args.data, args.frames, args.points) if args.data else \
         folding_sheet_frames(args.frames, args.points)
     start_points = clouds[0][fps_order(clouds[0], args.keypoints)]
-    tracker = KeypointTracker(TrackerConfig(patch_radius=args.patch_radius))
+    tracker = KeypointTracker(TrackerConfig(patch_radius=args.patch_radius, method=args.method, nodes=args.nodes))
     times = []
     for cloud in clouds:
         begin = time.perf_counter()
@@ -65,6 +69,8 @@ def run(args: argparse.Namespace) -> dict:
         'frames': len(clouds),
         'points': int(len(clouds[0])),
         'keypoints': args.keypoints,
+        'method': args.method,
+        'nodes': args.nodes if args.method == 'cpd' else None,
         'median_ms': round(float(np.median(times_arr)), 3),
         'p90_ms': round(float(np.percentile(times_arr, 90)), 3),
         'lost_last_frame': int(tracker.lost.sum()),
