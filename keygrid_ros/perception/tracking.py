@@ -32,7 +32,7 @@ query per ICP step and a batched SVD, so a frame costs a few milliseconds for K 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -105,12 +105,9 @@ class TrackerConfig:
         """The settings from the node's ``tracking.*`` parameters; None when ``tracking.enabled`` is false."""
         if not values.get('tracking.enabled', False):
             return None
-        return cls(patch_radius=values['tracking.patch_radius'], max_residual=values['tracking.max_residual'],
-                   gate=values['tracking.gate'], detection_weight=values['tracking.detection_weight'],
-                   min_separation=values['tracking.min_separation'], hide_distance=values['tracking.hide_distance'],
-                   start_frames=values['tracking.start_frames'], method=values['tracking.method'],
-                   nodes=values['tracking.nodes'], smoothness=values['tracking.smoothness'],
-                   regularisation=values['tracking.regularisation'])
+        # Every field that is a node parameter (``tracking.<field>``) comes from it; the rest keep their defaults.
+        given = {f.name: values[f'tracking.{f.name}'] for f in fields(cls) if f'tracking.{f.name}' in values}
+        return cls(**given)
 
 
 def batched_kabsch(source: np.ndarray, target: np.ndarray, starts: np.ndarray, weights: np.ndarray | None = None
@@ -252,9 +249,7 @@ class KeypointTracker:
         """``cpd``: move the garment's nodes onto the new cloud; each keypoint moves with its nodes."""
         config = self.config
         if self._nodes is None:
-            previous = self._cloud
-            self._nodes = previous[fps_order(previous, min(config.nodes, len(previous)))]
-            self._riders = self._attach(self._state)
+            self._place_nodes(self._cloud, self._state)
         # The whole cloud's rigid motion first (a garment lifted, dropped or slid as a whole): CPD's smoothness
         # term makes large motions lag, and on flat cloth nothing pulls a lagging node back along the cloth.
         rotation, translation = self._whole_motion(points, tree)
@@ -263,8 +258,7 @@ class KeypointTracker:
                                       config.outlier_weight, config.cpd_iterations, tree=tree)
         if not result.sigma <= config.max_residual:
             # The cloud is not the garment the nodes were on any more (a new garment, a jump): start again.
-            self._nodes, self._riders = points[fps_order(points, min(config.nodes, len(points)))], None
-            self._riders = self._attach(detections)
+            self._place_nodes(points, detections)
             self.lost, self.hidden = np.ones(len(detections), bool), np.zeros(len(detections), bool)
             return detections.copy()
         self._nodes = result.nodes
@@ -273,15 +267,15 @@ class KeypointTracker:
         # Informational: a keypoint whose cloth is not seen (the lower layer of a fold, from one camera) still
         # moves with its nodes, which move with the cloth around them.
         self.hidden = tree.query(moved)[0] > config.hide_distance
-        if config.gate > 0:
-            near = np.linalg.norm(detections - moved, axis=1) < config.gate
-            moved[near] += config.detection_weight * (detections[near] - moved[near])
-        if config.min_separation > 0:
-            reseeded = self._separate(moved, detections)
-            self.lost |= reseeded
+        self._fuse(moved, detections)
         if config.gate > 0 or self.lost.any():
             self._riders = self._attach(moved)  # the keypoints moved off their nodes: ride from where they are
         return moved
+
+    def _place_nodes(self, cloud: np.ndarray, keypoints: np.ndarray) -> None:
+        """``cpd``: nodes spread over ``cloud`` (N, 3) by FPS, and ``keypoints`` (K, 3) attached to them."""
+        self._nodes = cloud[fps_order(cloud, min(self.config.nodes, len(cloud)))]
+        self._riders = self._attach(keypoints)
 
     def _whole_motion(self, points: np.ndarray, tree: cKDTree) -> tuple[np.ndarray, np.ndarray]:
         """(3, 3), (3,): the rigid motion of the whole last cloud onto ``points`` (trimmed ICP from the centroid
@@ -334,12 +328,18 @@ class KeypointTracker:
         moved[self.hidden] = state[self.hidden]
         self.lost = (residuals[best] > config.max_residual) & ~self.hidden
         moved[self.lost] = detections[self.lost]
+        self._fuse(moved, detections)
+        return moved
+
+    def _fuse(self, moved: np.ndarray, detections: np.ndarray) -> None:
+        """Steps 4 and 5 of both methods, in place on ``moved`` (K, 3): detections inside the gate pull their
+        tracks, merged tracks are re-seeded from their detections (added to :attr:`lost`)."""
+        config = self.config
         if config.gate > 0:
             near = np.linalg.norm(detections - moved, axis=1) < config.gate
             moved[near] += config.detection_weight * (detections[near] - moved[near])
         if config.min_separation > 0:
             self.lost |= self._separate(moved, detections)
-        return moved
 
     def _separate(self, moved: np.ndarray, detections: np.ndarray) -> np.ndarray:
         """Re-seed merged tracks from their detections, in place; returns which were re-seeded (K,) bool.
