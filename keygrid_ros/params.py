@@ -126,8 +126,9 @@ DETECT_PARAMS: tuple[ParamSpec, ...] = (
        'non-rigid Coherent Point Drift and each keypoint rides its nearest nodes (60-130 ms a frame on one CPU '
        'core; with fresh points every frame T-shirt folds 88.9 DAS against 81.2 with icp). It assumes the cloud '
        'shows the garment: from one camera cloth hidden under a fold is drawn onto the seen cloth (single-view '
-       "T-shirt folds 69.7 against 76.6 with icp; drags 77.6 against 74.1). 'icp': each keypoint's own patch is "
-       'registered rigidly (about 15 ms; drifts where the cloth is flat).', choices=TRACKING_METHODS),
+       "T-shirt drags 88.9 against 77.9 with icp, folds 71.0 against 72.3, and 76.0 untracked). 'icp': each "
+       "keypoint's own patch is registered rigidly (about 15 ms; drifts where the cloth is flat).",
+       choices=TRACKING_METHODS),
     _p('tracking.nodes', 500, "cpd: nodes placed on the garment by farthest point sampling when tracks start.",
        min=16, max=4096),
     _p('tracking.smoothness', 0.08, 'cpd: correlation length (metres) of the displacement field: nodes closer '
