@@ -97,37 +97,45 @@ def test_plane_fit_recovers_a_noisy_plane_among_outliers(rng):
     assert 0.6 < plane.inlier_ratio < 0.75
 
 
+def flat_garment_on_table(rng, table_points: int, half_width: float, garment_points: int, height: float):
+    """A 1.2 m square table at z = 0 with a square garment (``half_width``) lying flat ``height`` above it, hiding
+    the table under it, both with 0.6 mm depth noise: (points (N, 3), how many of the first are the table's)."""
+    table = np.column_stack([rng.uniform(-0.6, 0.6, (table_points, 2)), np.zeros(table_points)])
+    table = table[np.abs(table[:, :2]).max(axis=1) >= half_width]
+    garment = np.column_stack([rng.uniform(-half_width, half_width, (garment_points, 2)),
+                               np.full(garment_points, height)])
+    points = np.vstack([table, garment])
+    points[:, 2] += rng.normal(0, 0.0006, len(points))
+    return points, len(table)
+
+
+def heights_above(plane, points: np.ndarray) -> np.ndarray:
+    """(N,) signed distances of ``points`` to ``plane``, positive towards the sensor."""
+    return points @ plane.normal.double().numpy() + plane.offset
+
+
 def test_plane_fit_is_not_pulled_up_by_a_garment_lying_flat_on_the_table(rng):
     # A flat garment 4.5 mm above the table, over a third of the view, both with 0.6 mm depth noise. A plane
     # scored on the full 2.5 mm band between them collects parts of both and tilts through the garment; the
     # table itself must win, so that the garment survives the table removal.
-    table = np.column_stack([rng.uniform(-0.6, 0.6, (6000, 2)), np.zeros(6000)])
-    garment = np.column_stack([rng.uniform(-0.3, 0.3, (3500, 2)), np.full(3500, 0.0045)])
-    garment = garment[np.abs(garment[:, :2]).max(axis=1) < 0.3]
-    table = table[np.abs(table[:, :2]).max(axis=1) >= 0.3]  # the garment hides the table under it
-    points = np.vstack([table, garment])
-    points[:, 2] += rng.normal(0, 0.0006, len(points))
+    points, on_table = flat_garment_on_table(rng, 6000, 0.3, 3500, 0.0045)
     plane = fit_plane(torch.from_numpy(points.astype(np.float32)), threshold=0.0025,
                       sensor_origin=torch.tensor([0.0, 0.0, 1.0]))
-    height = points @ plane.normal.double().numpy() + plane.offset
-    assert abs(float(np.median(height[:len(table)]))) < 0.0005  # the table is at zero
-    assert np.mean(height[len(table):] > 0.0025) > 0.95  # the garment stands out of the removal band
+    height = heights_above(plane, points)
+    assert abs(float(np.median(height[:on_table]))) < 0.0005  # the table is at zero
+    assert np.mean(height[on_table:] > 0.0025) > 0.95  # the garment stands out of the removal band
 
 
 @pytest.mark.parametrize('garment_half_width', [0.45, 0.55])
 def test_a_garment_covering_most_of_the_view_is_not_taken_for_the_table(rng, garment_half_width):
     # Flat cloth 5 mm up over 56 % / 84 % of the view: it outvotes the table strip left around it (as in a
     # rendered drag bag, where the node then found 1,000 of 12,000 garment points). The table is the far layer.
-    table = np.column_stack([rng.uniform(-0.6, 0.6, (12000, 2)), np.zeros(12000)])
-    table = table[np.abs(table[:, :2]).max(axis=1) >= garment_half_width]
-    garment = np.column_stack([rng.uniform(-garment_half_width, garment_half_width, (9000, 2)), np.full(9000, 0.005)])
-    points = np.vstack([table, garment])
-    points[:, 2] += rng.normal(0, 0.0006, len(points))
+    points, on_table = flat_garment_on_table(rng, 12000, garment_half_width, 9000, 0.005)
     plane = fit_plane(torch.from_numpy(points.astype(np.float32)), threshold=0.004,
                       sensor_origin=torch.tensor([0.1, 0.0, 1.0]))
-    height = points @ plane.normal.double().numpy() + plane.offset
-    assert abs(float(np.median(height[:len(table)]))) < 0.0005
-    assert np.mean(height[len(table):] > 0.004) > 0.9
+    height = heights_above(plane, points)
+    assert abs(float(np.median(height[:on_table]))) < 0.0005
+    assert np.mean(height[on_table:] > 0.004) > 0.9
     assert float(plane.normal[2]) > 0.9999  # not tilted through the garment
 
 
@@ -135,15 +143,10 @@ def test_a_table_half_covered_by_cloth_4_mm_up_is_not_fitted_through_the_cloth(r
     # Layers 4 mm apart with 0.6 mm noise: a plane tilted 0.3 degrees runs within 2 mm of the table on one side
     # and of the cloth on the other and outvotes both on half the 4 mm threshold (a rendered drag bag: 1,000
     # of 12,000 garment points survived). Scored on a quarter of it the table wins.
-    table = np.column_stack([rng.uniform(-0.6, 0.6, (14000, 2)), np.zeros(14000)])
-    table = table[np.abs(table[:, :2]).max(axis=1) >= 0.35]
-    garment = np.column_stack([rng.uniform(-0.35, 0.35, (9000, 2)), np.full(9000, 0.004)])
-    points = np.vstack([table, garment])
-    points[:, 2] += rng.normal(0, 0.0006, len(points))
+    points, on_table = flat_garment_on_table(rng, 14000, 0.35, 9000, 0.004)
     plane = fit_plane(torch.from_numpy(points.astype(np.float32)), threshold=0.004,
                       sensor_origin=torch.tensor([0.1, 0.0, 1.0]))
-    height = points @ plane.normal.double().numpy() + plane.offset
-    assert abs(float(np.median(height[:len(table)]))) < 0.0005
+    assert abs(float(np.median(heights_above(plane, points)[:on_table]))) < 0.0005
     assert float(plane.normal[2]) > 0.9999
 
 

@@ -143,7 +143,6 @@ def fit_plane(points: torch.Tensor, threshold: float, iterations: int = 256, *,
     noise = 1.4826 * float(far.abs().median()) if far.numel() else band
     gap = max(band, DESCENT_SIGMAS * noise)
     for _ in range(MAX_DESCENTS):
-        distance = points @ normal + offset
         below = (distance <= -gap) & (distance > -DESCENT_DEPTH * threshold)
         if int(below.sum()) < max(3, BELOW_SHARE * int((distance.abs() < threshold).sum())):
             break
@@ -151,5 +150,6 @@ def fit_plane(points: torch.Tensor, threshold: float, iterations: int = 256, *,
         if float((lower_normal @ normal).abs()) < math.cos(math.radians(PARALLEL_DEG)):
             break  # not a layer under the winner: the edge of a wall, a box, the far side of a crumple
         normal, offset = _settle(points, lower_normal, -(lower_normal @ centroid), band, origin)
-    inlier_ratio = float(((points @ normal + offset).abs() < threshold).float().mean())
+        distance = points @ normal + offset
+    inlier_ratio = float((distance.abs() < threshold).float().mean())
     return Plane(normal=normal, offset=float(offset), inlier_ratio=inlier_ratio)
