@@ -123,10 +123,10 @@ DETECT_PARAMS: tuple[ParamSpec, ...] = (
        'the stream jumps (tracking.max_gap_s). Measured in docs/results.md, "Keypoints carried from frame to '
        'frame".'),
     _p('tracking.method', 'cpd', "'cpd': the whole garment's nodes are registered onto each new cloud by "
-       'non-rigid Coherent Point Drift and each keypoint rides its nearest nodes (about 60 ms a frame on one CPU '
-       'core; with fresh points every frame T-shirt folds 88.8 DAS against 81.2 with icp). It assumes the cloud '
+       'non-rigid Coherent Point Drift and each keypoint rides its nearest nodes (about 70 ms a frame on one CPU '
+       'core; with fresh points every frame T-shirt folds 91.2 DAS against 81.2 with icp). It assumes the cloud '
        'shows the garment: from one camera cloth hidden under a fold is drawn onto the seen cloth (single-view '
-       "T-shirt drags 88.9 against 77.9 with icp, folds 71.8 against 72.3, and 76.0 untracked). 'icp': each "
+       "T-shirt drags 88.8 against 77.9 with icp, folds 72.8 against 72.3, and 76.0 untracked). 'icp': each "
        "keypoint's own patch is registered rigidly (about 15 ms; drifts where the cloth is flat).",
        choices=TRACKING_METHODS),
     _p('tracking.nodes', 500, "cpd: nodes placed on the garment by farthest point sampling when tracks start.",
@@ -135,6 +135,10 @@ DETECT_PARAMS: tuple[ParamSpec, ...] = (
        'than this move nearly together.', min=0.005, max=1.0),
     _p('tracking.regularisation', 2.0, 'cpd: how strongly the displacement field is kept smooth against the '
        'data (the lambda of Coherent Point Drift).', min=0.01, max=100.0),
+    _p('tracking.balance', 1.0, 'cpd: how strongly each node is made to keep an equal share of the cloud, so '
+       'that cloth sliding along itself (the flat part of a garment drawn up into a lifted flap) takes its nodes '
+       'along instead of leaving them crowded behind; 0 = plain Coherent Point Drift. Measured in '
+       'docs/results.md, "Nodes that keep their share".', min=0.0, max=10.0),
     _p('tracking.patch_radius', 0.06, 'icp: cloth around a keypoint registered from one frame to the next '
        '(metres); both methods: detections steadier than half of it start the tracks.',
        min=0.01, max=0.5),

@@ -165,7 +165,8 @@ def test_a_keypoint_whose_cloth_is_covered_waits_under_the_flap():
 
 @pytest.mark.parametrize('bad', [dict(patch_radius=0), dict(iterations=0), dict(max_residual=-1), dict(gate=-0.1),
                                  dict(detection_weight=1.5), dict(min_separation=-0.01),
-                                 dict(hide_distance=0), dict(start_frames=0)])
+                                 dict(hide_distance=0), dict(start_frames=0),
+                                 dict(balance=-0.1), dict(balance=11.0)])
 def test_settings_out_of_range_are_refused(bad):
     with pytest.raises(ValueError, match='tracking'):
         TrackerConfig(**bad)

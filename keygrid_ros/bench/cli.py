@@ -16,7 +16,7 @@ BENCHMARKS = {
     'preprocess': 'PointCloud2 bytes -> normalised model input (crop, table, cluster, FPS)',
     'model': 'Key-Grid inference (batch 1 and 32) and a training step (batch 8)',
     'node': 'end to end over DDS loopback: cloud published -> keypoints received',
-    'tracking': 'the keypoint tracker (tracking.enabled) per frame: local ICP of K patches',
+    'tracking': 'the keypoint tracker (tracking.enabled) per frame: cpd (the whole garment) or icp (K patches)',
 }
 
 

@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--method', choices=TRACKING_METHODS, default=TrackerConfig.method,
                         help='cpd (whole garment, default) or icp (a patch per keypoint)')
     parser.add_argument('--nodes', type=int, default=TrackerConfig.nodes, help='cpd: garment nodes')
+    parser.add_argument('--balance', type=float, default=TrackerConfig.balance,
+                        help='cpd: how strongly nodes keep their share of the cloud (0 = plain CPD)')
 
 
 def folding_sheet_frames(frames: int, points: int, seed: int = 0) -> list[np.ndarray]:
@@ -56,7 +58,8 @@ def run(args: argparse.Namespace) -> dict:
     clouds = sequence_frames(args.data, args.frames, args.points) if args.data else \
         folding_sheet_frames(args.frames, args.points)
     start_points = clouds[0][fps_order(clouds[0], args.keypoints)]
-    tracker = KeypointTracker(TrackerConfig(patch_radius=args.patch_radius, method=args.method, nodes=args.nodes))
+    tracker = KeypointTracker(TrackerConfig(patch_radius=args.patch_radius, method=args.method, nodes=args.nodes,
+                                                 balance=args.balance))
     times = []
     for cloud in clouds:
         begin = time.perf_counter()
@@ -71,6 +74,7 @@ def run(args: argparse.Namespace) -> dict:
         'keypoints': args.keypoints,
         'method': args.method,
         'nodes': args.nodes if args.method == 'cpd' else None,
+        'balance': args.balance if args.method == 'cpd' else None,
         'median_ms': round(float(np.median(times_arr)), 3),
         'p90_ms': round(float(np.percentile(times_arr, 90)), 3),
         'lost_last_frame': int(tracker.lost.sum()),

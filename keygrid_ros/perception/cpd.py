@@ -13,6 +13,18 @@ by ``v = G W`` with ``G_ij = exp(-|y_i - y_j|² / 2β²)``; EM alternates
   outlier term of weight ``w``;
 - M: ``(G + λσ² d(P1)⁻¹) W = d(P1)⁻¹ P X - Y`` and ``σ²`` from the weighted residuals.
 
+Balance (``balance`` > 0). Plain CPD lets a node explain as much or as little of the cloud as lies near it. When
+cloth slides along itself into a part the nodes do not follow (the flat part of a garment drawn up into a lifted
+flap), the nodes left behind crowd the flat part while the few on the flap spread thin, and the mixture fits both
+nearly as well as the right answer: nothing moves them (the aperture problem again, at the garment's scale). But
+cloth does not stretch and the cloud samples it evenly, so each node's share of the cloud should stay about the
+same. The E-step therefore weighs node m by a factor ``u_m``, ``P_mn ∝ u_m exp(-|x_n - y_m - v_m|² / 2σ²)``, and
+after each E-step moves ``u`` towards equal shares, ``u_m <- u_m (P1_mean / P1_m)^balance`` with the log ratio
+averaged over the kernel's width (only imbalance at the scale of β counts, not a node that happens to have a
+sample fewer): a relaxed Sinkhorn step of an optimal-transport assignment (``BALANCE_STEPS`` per EM step).
+Crowded nodes then take the thinly covered cloud next to them and move into it. Nodes with no point within the
+cutoff keep their factor and are left out of the shares (a hidden layer, cloth out of view).
+
 Speed: a tracker starts from last frame's nodes, so σ is a few millimetres to centimetres and a node's weight on
 points beyond 3σ is below 1 %; the E-step therefore visits only the point pairs within 3σ (one dual-tree search
 per iteration, nodes against points) instead of all M × N. The M-step would be an M × M solve per iteration;
@@ -33,6 +45,9 @@ from scipy.spatial import cKDTree
 CUTOFF_SIGMAS = 3.0
 #: σ never falls below this (metres): the EM would otherwise sharpen onto single samples of a noisy cloud.
 MIN_SIGMA = 1e-3
+#: Balance: updates of the node factors u per EM step, and the most any factor may weigh a node up or down.
+BALANCE_STEPS = 3
+MAX_FACTOR = 1e3
 
 
 class CPDResult(NamedTuple):
@@ -43,7 +58,7 @@ class CPDResult(NamedTuple):
 
 def coherent_point_drift(nodes: np.ndarray, points: np.ndarray, smoothness: float = 0.08, regularisation: float = 2.0,
                          outlier_weight: float = 0.1, iterations: int = 30, sigma: float = 0.02,
-                         tree: cKDTree | None = None, landmarks: int = 128) -> CPDResult:
+                         tree: cKDTree | None = None, landmarks: int = 128, balance: float = 0.0) -> CPDResult:
     """Move ``nodes`` (M, 3) onto ``points`` (N, 3) by non-rigid CPD.
 
     Args:
@@ -55,6 +70,8 @@ def coherent_point_drift(nodes: np.ndarray, points: np.ndarray, smoothness: floa
         sigma: the first mixture width (metres), about how far the cloth moved since the nodes were placed.
         tree: a k-d tree of ``points``, if the caller has one.
         landmarks: L, the nodes (the first L) spanning the low-rank kernel; L >= M gives exact CPD.
+        balance: how strongly each node is made to keep an equal share of the cloud (0 = plain CPD; 1 = each
+            update removes the whole imbalance it sees), for cloth that slides along itself (module docstring).
 
     Returns:
         :class:`CPDResult`. Permuting ``points`` does not change it (up to rounding).
@@ -67,11 +84,13 @@ def coherent_point_drift(nodes: np.ndarray, points: np.ndarray, smoothness: floa
         raise ValueError(f'points must be (N > 0, 3), got shape {points.shape}')
     if not 0.0 <= outlier_weight < 1.0:
         raise ValueError(f'outlier_weight must be in [0, 1), got {outlier_weight}')
+    if not 0.0 <= balance <= 10.0:
+        raise ValueError(f'balance must be in [0, 10], got {balance}')
     tree = tree if tree is not None else cKDTree(points)
     M, N = len(nodes), len(points)
     factor = kernel_factor(nodes, nodes[:max(1, min(landmarks, M))], smoothness)  # (M, L') U, G ≈ U Uᵀ
     moved, sigma2 = nodes.copy(), max(sigma, MIN_SIGMA) ** 2
-    matched = np.zeros(M)
+    matched, factors = np.zeros(M), np.ones(M)  # (M,) P1 and the balance's node factors u
     for _ in range(iterations):
         # E-step over the pairs within the cutoff: pair p joins node node_of[p] and point point_of[p]. A dual
         # tree search returns them as arrays (a ball query per node returns Python lists, 3x slower here).
@@ -79,10 +98,12 @@ def coherent_point_drift(nodes: np.ndarray, points: np.ndarray, smoothness: floa
         if len(pairs) == 0:
             return CPDResult(moved, float('inf'), np.zeros(M))  # nothing near any node: the cloth is elsewhere
         node_of, point_of = pairs['i'].astype(np.int64), pairs['j'].astype(np.int64)
-        weight = np.exp(-pairs['v'] ** 2 / (2 * sigma2))  # (P,)
+        kernel = np.exp(-pairs['v'] ** 2 / (2 * sigma2))  # (P,)
         outlier = (2 * np.pi * sigma2) ** 1.5 * outlier_weight / (1 - outlier_weight) * M / N
-        weight /= np.bincount(point_of, weight, N)[point_of] + outlier
-        matched = np.bincount(node_of, weight, M)  # (M,) P1
+        for _ in range(BALANCE_STEPS if balance > 0 else 0):
+            factors = rebalanced(factors, responsibilities(kernel * factors[node_of], node_of, point_of, outlier,
+                                                           M, N)[1], node_of, factor, balance)
+        weight, matched = responsibilities(kernel * factors[node_of], node_of, point_of, outlier, M, N)  # P, P1
         explained = np.bincount(point_of, weight, N)  # (N,) Pᵀ1
         pulled = np.stack([np.bincount(node_of, weight * points[point_of, d], M) for d in range(3)], 1)  # (M, 3) PX
         total = matched.sum()
@@ -101,6 +122,31 @@ def coherent_point_drift(nodes: np.ndarray, points: np.ndarray, smoothness: floa
                   + matched @ (moved * moved).sum(1)) / (3 * total)
         sigma2 = max(sigma2, MIN_SIGMA ** 2)
     return CPDResult(moved, float(np.sqrt(sigma2)), matched)
+
+
+def responsibilities(weight: np.ndarray, node_of: np.ndarray, point_of: np.ndarray, outlier: float, M: int, N: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The E-step on pairs: ``weight`` (P,) each pair's (weighted) kernel value, normalised over the nodes of its
+    point plus the outlier term, in place; returns it and P1 (M,), how much of the cloud each node explains."""
+    weight /= np.bincount(point_of, weight, N)[point_of] + outlier
+    return weight, np.bincount(node_of, weight, M)
+
+
+def rebalanced(factors: np.ndarray, matched: np.ndarray, node_of: np.ndarray, factor: np.ndarray,
+               balance: float) -> np.ndarray:
+    """(M,) node factors ``u`` moved towards equal shares of the cloud: ``u <- u (mean P1 / P1)^balance`` over
+    the nodes that have points within the cutoff, the log ratio averaged with the kernel ``factor`` (M, L) (``U``,
+    ``G ≈ U Uᵀ``) over the nodes around each one; geometric mean 1 over those nodes, within ``MAX_FACTOR``."""
+    seen = np.bincount(node_of, minlength=len(factors)) > 0  # (M,)
+    if not seen.any() or matched[seen].sum() <= 0:
+        return factors
+    log_ratio = np.zeros(len(factors))
+    log_ratio[seen] = np.log(matched[seen].mean() / np.maximum(matched[seen], 1e-12))
+    smoothed = factor @ (factor.T @ log_ratio) / np.maximum(factor @ (factor.T @ seen.astype(np.float64)), 1e-12)
+    log_factors = np.log(factors)
+    log_factors[seen] += balance * smoothed[seen]
+    log_factors[seen] -= log_factors[seen].mean()
+    return np.exp(np.clip(log_factors, -np.log(MAX_FACTOR), np.log(MAX_FACTOR)))
 
 
 def kernel_factor(nodes: np.ndarray, landmarks: np.ndarray, smoothness: float) -> np.ndarray:

@@ -69,6 +69,7 @@ class TrackerConfig:
     regularisation: float = 2.0
     outlier_weight: float = 0.1
     cpd_iterations: int = 30
+    balance: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.patch_radius > 0:
@@ -99,6 +100,8 @@ class TrackerConfig:
             raise ValueError(f'tracking outlier_weight must be in [0, 1), got {self.outlier_weight}')
         if not 1 <= self.cpd_iterations <= 200:
             raise ValueError(f'tracking cpd_iterations must be in [1, 200], got {self.cpd_iterations}')
+        if not 0.0 <= self.balance <= 10.0:
+            raise ValueError(f'tracking balance must be in [0, 10], got {self.balance}')
 
     @classmethod
     def from_params(cls, values) -> TrackerConfig | None:
@@ -210,6 +213,11 @@ class KeypointTracker:
         self.hidden = np.zeros(0, bool)
 
     @property
+    def nodes(self) -> np.ndarray | None:
+        """(M, 3) ``cpd``: the garment's nodes where the last frame put them; None before tracks start, or ``icp``."""
+        return None if self._nodes is None else self._nodes.copy()
+
+    @property
     def tracking(self) -> bool:
         """True when the next frame continues a track (False until ``start_frames`` steady detections)."""
         return self._state is not None and self._steady >= self.config.start_frames
@@ -255,7 +263,8 @@ class KeypointTracker:
         rotation, translation = self._whole_motion(points, tree)
         self._nodes = self._nodes @ rotation.T + translation
         result = coherent_point_drift(self._nodes, points, config.smoothness, config.regularisation,
-                                      config.outlier_weight, config.cpd_iterations, tree=tree)
+                                      config.outlier_weight, config.cpd_iterations, tree=tree,
+                                      balance=config.balance)
         if not result.sigma <= config.max_residual:
             # The cloud is not the garment the nodes were on any more (a new garment, a jump): start again.
             self._place_nodes(points, detections)
