@@ -126,7 +126,7 @@ DETECT_PARAMS: tuple[ParamSpec, ...] = (
        'non-rigid Coherent Point Drift and each keypoint rides its nearest nodes (about 70 ms a frame on one CPU '
        'core; with fresh points every frame T-shirt folds 91.2 DAS against 81.2 with icp). It assumes the cloud '
        'shows the garment: from one camera cloth hidden under a fold is drawn onto the seen cloth (single-view '
-       "T-shirt drags 88.8 against 77.9 with icp, folds 72.8 against 72.3, and 76.0 untracked). 'icp': each "
+       "T-shirt drags 88.8 against 77.9 with icp, folds 74.3 against 72.3, and 76.0 untracked). 'icp': each "
        "keypoint's own patch is registered rigidly (about 15 ms; drifts where the cloth is flat).",
        choices=TRACKING_METHODS),
     _p('tracking.nodes', 500, "cpd: nodes placed on the garment by farthest point sampling when tracks start.",
@@ -153,11 +153,15 @@ DETECT_PARAMS: tuple[ParamSpec, ...] = (
        'than half a patch radius, so that they do not start from a detector still settling.', min=1, max=1000),
     _p('tracking.gate', 0.0, 'Detections within this distance (metres) of their tracked keypoint pull it by '
        'tracking.detection_weight, which stops drift where the two agree. 0 = never. For folds seen from one '
-       'camera, 0.05 with a weight of 0.3 lifts fold DAS by 5-6 and costs drags 3-7.', min=0.0, max=1.0),
+       'camera, 0.05 with a weight of 0.3 lifted fold DAS by 5-6 and cost drags 3-7 with tracking.balance 0; '
+       'with the default balance it moved folds by +2.7 (T-shirt) and -1.8 (pants), within noise.',
+       min=0.0, max=1.0),
     _p('tracking.detection_weight', 0.5, 'How far a detection inside the gate pulls its tracked keypoint '
        '(0 = not at all, 1 = all the way).', min=0.0, max=1.0),
-    _p('tracking.min_separation', 0.03, 'Two tracked keypoints closer than this (metres) have merged; the one '
-       'farther from its detection takes it. 0 = never.', min=0.0, max=0.5),
+    _p('tracking.min_separation', 0.03, 'Two tracked keypoints closer than this (metres) that share their cloth '
+       '(icp: always; cpd: they ride a common node) have merged; the one farther from its detection takes it. '
+       'cpd keypoints on different cloth brought together by a fold are left alone. 0 = never.',
+       min=0.0, max=0.5),
     _p('tracking.max_gap_s', 1.0, 'Restart the tracks when consecutive clouds are further apart than this '
        '(seconds, by stamp) or a stamp goes backwards (a bag looping).', min=0.0, max=60.0),
     _p('publish_markers', True, 'Publish ~/markers (MarkerArray) for RViz.'),

@@ -353,15 +353,22 @@ class KeypointTracker:
     def _separate(self, moved: np.ndarray, detections: np.ndarray) -> np.ndarray:
         """Re-seed merged tracks from their detections, in place; returns which were re-seeded (K,) bool.
 
-        Two keypoints closer than ``min_separation`` share their patches, so from then on they move as one
-        (a merge never undoes itself): on flat cloth sampled afresh each frame, neighbouring patches can slide
-        together. Of each such pair the track farther from its own detection, the one more likely to have
-        slid, takes its detection.
+        Two keypoints closer than ``min_separation`` share their patches (``icp``) or nodes (``cpd``), so from
+        then on they move as one (a merge never undoes itself): on flat cloth sampled afresh each frame,
+        neighbouring patches can slide together, and the detector can start two tracks on one spot. Of each such
+        pair the track farther from its own detection, the one more likely to have slid, takes its detection.
+        ``cpd`` keypoints that ride no common node are on different cloth however near they come (a flap laid
+        on the cloth under it): not merged.
         """
         reseeded = np.zeros(len(moved), bool)
         off = np.linalg.norm(moved - detections, axis=1)  # (K,)
+        apart = np.zeros((len(moved), len(moved)), bool)  # (K, K) pairs that ride no common node
+        if self.config.method == 'cpd' and self._riders is not None:
+            index = self._riders[0]  # (K, n)
+            apart = ~(index[:, None, :, None] == index[None, :, None, :]).any(axis=(2, 3))
         for _ in range(len(moved)):
             gaps = np.linalg.norm(moved[:, None] - moved[None], axis=-1)
+            gaps[apart] = np.inf
             np.fill_diagonal(gaps, np.inf)
             i, j = np.unravel_index(np.argmin(gaps), gaps.shape)
             if gaps[i, j] >= self.config.min_separation:
