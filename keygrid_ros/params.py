@@ -123,10 +123,10 @@ DETECT_PARAMS: tuple[ParamSpec, ...] = (
        'the stream jumps (tracking.max_gap_s). Measured in docs/results.md, "Keypoints carried from frame to '
        'frame".'),
     _p('tracking.method', 'cpd', "'cpd': the whole garment's nodes are registered onto each new cloud by "
-       'non-rigid Coherent Point Drift and each keypoint rides its nearest nodes (about 70 ms a frame on one CPU '
-       'core; with fresh points every frame T-shirt folds 91.2 DAS against 81.2 with icp). It assumes the cloud '
+       'non-rigid Coherent Point Drift and each keypoint rides its nearest nodes (about 75 ms a frame on one CPU '
+       'core; with fresh points every frame T-shirt folds 91.4 DAS against 81.2 with icp). It assumes the cloud '
        'shows the garment: from one camera cloth hidden under a fold is drawn onto the seen cloth (single-view '
-       "T-shirt drags 88.8 against 77.9 with icp, folds 74.3 against 72.3, and 76.0 untracked). 'icp': each "
+       "T-shirt drags 91.8 against 77.9 with icp, folds 71.1 against 72.3, and 76.0 untracked). 'icp': each "
        "keypoint's own patch is registered rigidly (about 15 ms; drifts where the cloth is flat).",
        choices=TRACKING_METHODS),
     _p('tracking.nodes', 500, "cpd: nodes placed on the garment by farthest point sampling when tracks start.",

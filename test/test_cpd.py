@@ -10,13 +10,17 @@ from keygrid_ros.perception import cpd
 from keygrid_ros.perception.cpd import coherent_point_drift
 
 
-def dense_reference(Y, X, beta, lam, w, iterations, sigma, balance=0.0):
+def dense_reference(Y, X, beta, lam, w, iterations, sigma, balance=0.0, anchors=None):
     """Myronenko & Song (2010), Fig. 4, written out with the full M x N matrix P and the unsymmetric M-step
     (d(P1) G + λσ² I) W = P X - d(P1) Y. With ``balance``, node m's kernel row is weighed by u_m, and u takes
     3 relaxed Sinkhorn steps per E-step towards equal P1: u <- u exp(balance G r / G 1), r = log(mean P1 / P1),
-    then u is divided by its geometric mean."""
+    then u is divided by its geometric mean and kept within [1e-3, 1e3]. With ``anchors`` (M, 3),
+    G_ij = exp(-(|y_i - y_j|² + |a_i - a_j|²) / 4β²)."""
     M, N, D = len(Y), len(X), 3
     G = np.exp(-((Y[:, None] - Y[None]) ** 2).sum(-1) / (2 * beta ** 2))
+    if anchors is not None:
+        G = np.exp(-(((Y[:, None] - Y[None]) ** 2).sum(-1) + ((anchors[:, None] - anchors[None]) ** 2).sum(-1))
+                   / (4 * beta ** 2))
     T, sigma2, u = Y.copy(), sigma ** 2, np.ones(M)
     for _ in range(iterations):
         d2 = ((X[None] - T[:, None]) ** 2).sum(-1)
@@ -24,8 +28,8 @@ def dense_reference(Y, X, beta, lam, w, iterations, sigma, balance=0.0):
         c = (2 * np.pi * sigma2) ** 1.5 * w / (1 - w) * M / N
         for _ in range(3 if balance else 0):
             P1 = (u[:, None] * K / ((u[:, None] * K).sum(0, keepdims=True) + c)).sum(1)
-            u = u * np.exp(balance * (G @ np.log(P1.mean() / P1)) / G.sum(1))
-            u = u / np.exp(np.log(u).mean())
+            log_u = np.log(u) + balance * (G @ np.log(P1.mean() / P1)) / G.sum(1)
+            u = np.exp(np.clip(log_u - log_u.mean(), -np.log(1e3), np.log(1e3)))
         P = u[:, None] * K / ((u[:, None] * K).sum(0, keepdims=True) + c)
         P1, Pt1, PX = P.sum(1), P.sum(0), P @ X
         W = np.linalg.solve(P1[:, None] * G + lam * sigma2 * np.eye(M), PX - P1[:, None] * Y)
@@ -58,6 +62,52 @@ def test_balanced_without_cutoff_or_low_rank_it_is_the_written_out_algorithm(mon
     # 1e-6 m, not 1e-7: the node factors compound the Nyström factor's eigen-rounding over 20 EM steps.
     np.testing.assert_allclose(ours, reference, atol=1e-6)
     assert np.abs(reference - dense_reference(nodes, points, 0.08, 2.0, 0.1, 20, 0.02)).max() > 0.01
+
+
+def test_anchored_without_cutoff_or_low_rank_it_is_the_written_out_algorithm(monkeypatch):
+    nodes, points = sheet(60, 0), sheet(200, 1) + [0.01, -0.005, 0.003]
+    anchors = nodes * [1.0, 1.5, 1.0]  # the nodes' places on the cloth, here not their places now
+    monkeypatch.setattr(cpd, 'CUTOFF_SIGMAS', 1e3)
+    ours = coherent_point_drift(nodes, points, 0.08, 2.0, 0.1, 20, 0.02, landmarks=len(nodes), balance=1.0,
+                                anchors=anchors).nodes
+    reference = dense_reference(nodes, points, 0.08, 2.0, 0.1, 20, 0.02, balance=1.0, anchors=anchors)
+    np.testing.assert_allclose(ours, reference, atol=1e-6)
+    assert np.abs(reference - dense_reference(nodes, points, 0.08, 2.0, 0.1, 20, 0.02, balance=1.0)).max() > 1e-3
+
+
+def test_anchors_where_the_nodes_are_change_nothing():
+    # Cloth neither folded nor stretched: distances on it are distances in space, the plain kernel.
+    nodes, points = sheet(300, 0), sheet(1500, 1) + [0.01, -0.005, 0.003]
+    np.testing.assert_allclose(coherent_point_drift(nodes, points, anchors=nodes).nodes,
+                               coherent_point_drift(nodes, points).nodes, atol=1e-8)
+
+
+def test_anchors_keep_a_layer_from_dragging_the_one_under_it():
+    # Two 0.3 x 0.2 m layers 1 cm apart (a flap folded onto the cloth under it): the top one slides 3 cm along
+    # x, the bottom one stays. Coupled by space alone the layers move together; anchored (the flap's anchors
+    # are where it lay before the fold, 0.4 m away), each follows its own cloth.
+    rng = np.random.default_rng(5)
+
+    def layers(shift):
+        bottom = np.column_stack([rng.uniform(0, 0.3, 1000), rng.uniform(0, 0.2, 1000), np.zeros(1000)])
+        top = np.column_stack([rng.uniform(0, 0.3, 1000) + shift, rng.uniform(0, 0.2, 1000), np.full(1000, 0.01)])
+        return bottom, top
+
+    bottom, top = layers(0.0)
+    nodes = np.concatenate([bottom[:150], top[:150]])
+    anchors = nodes + np.concatenate([np.zeros((150, 3)), np.tile([0.4, 0, -0.01], (150, 1))])
+    bottom, top = layers(0.03)
+    points = np.concatenate([bottom, top])
+    # Balanced (the tracker's default): the top layer's edge retreats on one side and advances on the other, and
+    # the balance moves nodes across that, in whichever layer is coupled to them.
+    plain = coherent_point_drift(nodes, points, balance=1.0).nodes
+    anchored = coherent_point_drift(nodes, points, balance=1.0, anchors=anchors).nodes
+    inner = (nodes[:150, 0] > 0.06) & (nodes[:150, 0] < 0.24)  # away from the layers' edges
+    # The bottom layer's drift along the top one's slide (the median: single nodes also shuffle along the cloth).
+    dragged = np.median(plain[:150][inner, 0] - nodes[:150][inner, 0])  # measured: 15 mm
+    kept = abs(np.median(anchored[:150][inner, 0] - nodes[:150][inner, 0]))  # measured: under 1 mm
+    assert dragged > 0.005
+    assert kept < 0.3 * dragged
 
 
 def sliding_strip(material: np.ndarray, lift: float) -> np.ndarray:
@@ -135,6 +185,7 @@ def test_a_cloud_far_from_every_node_reports_an_infinite_residual():
     (np.zeros((4, 3)), np.zeros((0, 3)), {}, 'points'),
     (np.zeros((4, 3)), np.zeros((5, 3)), {'outlier_weight': 1.0}, 'outlier_weight'),
     (np.zeros((4, 3)), np.zeros((5, 3)), {'balance': -0.5}, 'balance'),
+    (np.zeros((4, 3)), np.zeros((5, 3)), {'anchors': np.zeros((3, 3))}, 'anchors'),
 ])
 def test_bad_input_is_refused(nodes, points, kw, match):
     with pytest.raises(ValueError, match=match):

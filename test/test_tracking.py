@@ -59,8 +59,10 @@ def test_keypoints_follow_a_rigid_motion_whatever_the_detector_says(method):
         moved = cloud @ r.T + t
         order = rng.permutation(len(moved))  # a sensor gives the points in any order
         state = tracker(moved[order], rng.uniform(-1, 1, keypoints.shape))  # detections far off: ignored
-    # Exact up to the surface projection, whose local plane misses a point on the bump by under a millimetre.
-    np.testing.assert_allclose(state, keypoints @ r.T + t, atol=1e-3)
+    # icp: exact up to the surface projection, whose local plane misses a point on the bump by under a millimetre.
+    # cpd: the nodes a keypoint rides settle onto the mixture's fit of the cloud in the first frames (a bounded
+    # offset: 40 frames of this motion stay under 9 mm), then follow the motion.
+    np.testing.assert_allclose(state, keypoints @ r.T + t, atol=1e-3 if method == 'icp' else 1e-2)
     assert not tracker.lost.any()
 
 

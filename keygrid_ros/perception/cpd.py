@@ -25,6 +25,14 @@ sample fewer): a relaxed Sinkhorn step of an optimal-transport assignment (``BAL
 Crowded nodes then take the thinly covered cloud next to them and move into it. Nodes with no point within the
 cutoff keep their factor and are left out of the shares (a hidden layer, cloth out of view).
 
+Kernel over the cloth (``anchors``). The displacement field couples two nodes by their distance now; where a
+fold lays a flap on the cloth under it, the two layers are near and the flap drags the cloth under it along. Given
+where the nodes were when they were placed on the cloth (``anchors``), the kernel is a Gaussian over both
+distances, ``exp(-(|y_i - y_j|² + |a_i - a_j|²) / 4β²)`` (a product of two Gaussian kernels, so still a kernel;
+the same as the plain one where the two distances agree):
+nodes near each other on the cloth and in space move together, stacked layers that were apart on the cloth
+do not. It is also what couples the flat cloth to the flap it is drawn into.
+
 Speed: a tracker starts from last frame's nodes, so σ is a few millimetres to centimetres and a node's weight on
 points beyond 3σ is below 1 %; the E-step therefore visits only the point pairs within 3σ (one dual-tree search
 per iteration, nodes against points) instead of all M × N. The M-step would be an M × M solve per iteration;
@@ -58,7 +66,8 @@ class CPDResult(NamedTuple):
 
 def coherent_point_drift(nodes: np.ndarray, points: np.ndarray, smoothness: float = 0.08, regularisation: float = 2.0,
                          outlier_weight: float = 0.1, iterations: int = 30, sigma: float = 0.02,
-                         tree: cKDTree | None = None, landmarks: int = 128, balance: float = 0.0) -> CPDResult:
+                         tree: cKDTree | None = None, landmarks: int = 128, balance: float = 0.0,
+                         anchors: np.ndarray | None = None) -> CPDResult:
     """Move ``nodes`` (M, 3) onto ``points`` (N, 3) by non-rigid CPD.
 
     Args:
@@ -72,6 +81,8 @@ def coherent_point_drift(nodes: np.ndarray, points: np.ndarray, smoothness: floa
         landmarks: L, the nodes (the first L) spanning the low-rank kernel; L >= M gives exact CPD.
         balance: how strongly each node is made to keep an equal share of the cloud (0 = plain CPD; 1 = each
             update removes the whole imbalance it sees), for cloth that slides along itself (module docstring).
+        anchors: (M, 3) where the nodes were when placed on the cloth, or None: the kernel then couples nodes by
+            their distance on the cloth as well as in space (module docstring); None = by space alone.
 
     Returns:
         :class:`CPDResult`. Permuting ``points`` does not change it (up to rounding).
@@ -86,9 +97,14 @@ def coherent_point_drift(nodes: np.ndarray, points: np.ndarray, smoothness: floa
         raise ValueError(f'outlier_weight must be in [0, 1), got {outlier_weight}')
     if not 0.0 <= balance <= 10.0:
         raise ValueError(f'balance must be in [0, 10], got {balance}')
+    if anchors is not None and np.shape(anchors) != nodes.shape:
+        raise ValueError(f'anchors must be (M, 3) like the nodes {nodes.shape}, got shape {np.shape(anchors)}')
     tree = tree if tree is not None else cKDTree(points)
     M, N = len(nodes), len(points)
-    factor = kernel_factor(nodes, nodes[:max(1, min(landmarks, M))], smoothness)  # (M, L') U, G ≈ U Uᵀ
+    # With anchors, both distances are scaled by 1/√2: nodes whose distance on the cloth is their distance in
+    # space (flat or bent, not folded onto each other) are then coupled exactly as by the plain kernel.
+    coupled = nodes if anchors is None else np.hstack([nodes, np.asarray(anchors, np.float64)]) / np.sqrt(2)
+    factor = kernel_factor(coupled, coupled[:max(1, min(landmarks, M))], smoothness)  # (M, L') U, G ≈ U Uᵀ
     moved, sigma2 = nodes.copy(), max(sigma, MIN_SIGMA) ** 2
     matched, factors = np.zeros(M), np.ones(M)  # (M,) P1 and the balance's node factors u
     for _ in range(iterations):
@@ -150,9 +166,10 @@ def rebalanced(factors: np.ndarray, matched: np.ndarray, node_of: np.ndarray, fa
 
 
 def kernel_factor(nodes: np.ndarray, landmarks: np.ndarray, smoothness: float) -> np.ndarray:
-    """(M, L') ``U`` with ``U Uᵀ`` the Nyström approximation of the Gaussian kernel matrix of ``nodes`` (M, 3)
-    through ``landmarks`` (L, 3); directions the landmarks' own kernel cannot tell apart (eigenvalues below
-    1e-9 of the largest) are dropped, so L' <= L. Exact (``U Uᵀ = G``) when the landmarks are all the nodes."""
+    """(M, L') ``U`` with ``U Uᵀ`` the Nyström approximation of the Gaussian kernel matrix of ``nodes`` (M, D)
+    through ``landmarks`` (L, D) (D = 3, or 6 for positions next to anchors); directions the landmarks' own
+    kernel cannot tell apart (eigenvalues below 1e-9 of the largest) are dropped, so L' <= L. Exact
+    (``U Uᵀ = G``) when the landmarks are all the nodes."""
     def gaussian(a, b):
         return np.exp(-((a[:, None] - b[None]) ** 2).sum(-1) / (2 * smoothness ** 2))
     values, vectors = np.linalg.eigh(gaussian(landmarks, landmarks))

@@ -206,6 +206,7 @@ class KeypointTracker:
         self._state: np.ndarray | None = None
         self._steady = 0
         self._nodes: np.ndarray | None = None  # (M, 3) cpd: the garment's nodes, moved frame by frame
+        self._anchors: np.ndarray | None = None  # (M, 3) cpd: where the nodes were placed (the kernel's cloth)
         self._riders: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # cpd: each keypoint's nodes
         #: Keypoints that took their detection in the last frame because their cloth was lost (K,) bool.
         self.lost = np.zeros(0, bool)
@@ -223,7 +224,7 @@ class KeypointTracker:
         return self._state is not None and self._steady >= self.config.start_frames
 
     def reset(self) -> None:
-        self._cloud = self._tree = self._state = self._nodes = self._riders = None
+        self._cloud = self._tree = self._state = self._nodes = self._anchors = self._riders = None
         self._steady = 0  # consecutive frames whose detections moved less than half a patch radius
         self.lost = self.hidden = np.zeros(0, bool)
 
@@ -245,7 +246,7 @@ class KeypointTracker:
             self._steady = self._steady + 1 if steady else 1
             state = detections.copy()
             self.lost = self.hidden = np.zeros(len(detections), bool)
-            self._nodes = self._riders = None  # nodes are placed on the cloud the tracks start from
+            self._nodes = self._anchors = self._riders = None  # nodes are placed on the cloud the tracks start from
         elif self.config.method == 'cpd':
             state = self._follow_garment(points, tree, detections)
         else:
@@ -264,7 +265,7 @@ class KeypointTracker:
         self._nodes = self._nodes @ rotation.T + translation
         result = coherent_point_drift(self._nodes, points, config.smoothness, config.regularisation,
                                       config.outlier_weight, config.cpd_iterations, tree=tree,
-                                      balance=config.balance)
+                                      balance=config.balance, anchors=self._anchors)
         if not result.sigma <= config.max_residual:
             # The cloud is not the garment the nodes were on any more (a new garment, a jump): start again.
             self._place_nodes(points, detections)
@@ -284,6 +285,7 @@ class KeypointTracker:
     def _place_nodes(self, cloud: np.ndarray, keypoints: np.ndarray) -> None:
         """``cpd``: nodes spread over ``cloud`` (N, 3) by FPS, and ``keypoints`` (K, 3) attached to them."""
         self._nodes = cloud[fps_order(cloud, min(self.config.nodes, len(cloud)))]
+        self._anchors = self._nodes.copy()
         self._riders = self._attach(keypoints)
 
     def _whole_motion(self, points: np.ndarray, tree: cKDTree) -> tuple[np.ndarray, np.ndarray]:
