@@ -2,7 +2,7 @@
 
 The model detects keypoints on every frame (fresh surface samples, 2048 points, snapped keypoints, as
 ``keygrid evaluate --sampling surface --keypoints snapped``); the tracker (``tracking.method: cpd`` unless
-``--set method=icp``) carries them from frame to frame as in ``keygrid evaluate --track``. Besides DAS it reports
+``--set method=icp``) carries them from frame to frame as in ``keygrid evaluate --tracking``. Besides DAS it reports
 what DAS hides: how far the tracker's ``cpd`` nodes and its keypoints are from their own cloth, frame by frame.
 Each node and keypoint is tied to the mesh vertices nearest to it on the frame the tracks start (a keypoint to
 its 4 nearest, inverse-distance weighted) and compared with where those vertices are later (the medians over

@@ -51,8 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "vertices, the same ones in every frame when the mesh has fewer than the model's "
                              "points; 'surface' samples the faces afresh in every frame, as a depth sensor does")
     parser.add_argument('--tracking', action='store_true',
-                        help="the node's tracking mode: the model's keypoints start tracks on the first frame and "
-                             'local ICP carries them from frame to frame (frames in order; sequence coordinates)')
+                        help="the node's tracking mode: the model's keypoints start tracks on the first frames and "
+                             "the tracker (the node's defaults: tracking.method cpd) carries them from frame to frame "
+                             '(frames in order; sequence coordinates)')
     parser.add_argument('--tracking-radius', type=float, default=None, metavar='M',
                         help='tracking patch radius, metres (default: the node default, 0.06)')
     parser.add_argument('--tracking-gate', type=float, default=None, metavar='M',
