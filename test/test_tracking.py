@@ -151,7 +151,8 @@ def test_cpd_tracks_brought_together_by_a_fold_are_not_merged():
         assert not tracker.lost.any()
     assert np.linalg.norm(sheet[on_flap] - sheet[under]) < 0.03  # they did come together
     assert np.linalg.norm(state[0] - sheet[on_flap]) < 0.02
-    # The cloth under the flap is dragged a little by it: CPD's kernel couples nodes by their current distance.
+    # The keypoint under the flap moves a little (measured: 2 cm; 2.2 before the kernel over the cloth): the
+    # nodes around it shuffle along the cloth while the flap's points arrive over them.
     assert np.linalg.norm(state[1] - sheet[under]) < 0.03
 
 
