@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> dict:
         folding_sheet_frames(args.frames, args.points)
     start_points = clouds[0][fps_order(clouds[0], args.keypoints)]
     tracker = KeypointTracker(TrackerConfig(patch_radius=args.patch_radius, method=args.method, nodes=args.nodes,
-                                                 balance=args.balance))
+                                            balance=args.balance))
     times = []
     for cloud in clouds:
         begin = time.perf_counter()

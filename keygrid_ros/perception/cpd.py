@@ -116,9 +116,13 @@ def coherent_point_drift(nodes: np.ndarray, points: np.ndarray, smoothness: floa
         node_of, point_of = pairs['i'].astype(np.int64), pairs['j'].astype(np.int64)
         kernel = np.exp(-pairs['v'] ** 2 / (2 * sigma2))  # (P,)
         outlier = (2 * np.pi * sigma2) ** 1.5 * outlier_weight / (1 - outlier_weight) * M / N
-        for _ in range(BALANCE_STEPS if balance > 0 else 0):
-            factors = rebalanced(factors, responsibilities(kernel * factors[node_of], node_of, point_of, outlier,
-                                                           M, N)[1], node_of, factor, balance)
+        if balance > 0:
+            # Which nodes take part in the shares, and the kernel's mass around each: fixed within the EM step.
+            seen = np.bincount(node_of, minlength=M) > 0  # (M,)
+            mass = factor @ (factor.T @ seen.astype(np.float64))  # (M,) G 1 over the seen nodes
+            for _ in range(BALANCE_STEPS):
+                matched = responsibilities(kernel * factors[node_of], node_of, point_of, outlier, M, N)[1]
+                factors = rebalanced(factors, matched, seen, mass, factor, balance)
         weight, matched = responsibilities(kernel * factors[node_of], node_of, point_of, outlier, M, N)  # P, P1
         explained = np.bincount(point_of, weight, N)  # (N,) Pᵀ1
         pulled = np.stack([np.bincount(node_of, weight * points[point_of, d], M) for d in range(3)], 1)  # (M, 3) PX
@@ -148,17 +152,17 @@ def responsibilities(weight: np.ndarray, node_of: np.ndarray, point_of: np.ndarr
     return weight, np.bincount(node_of, weight, M)
 
 
-def rebalanced(factors: np.ndarray, matched: np.ndarray, node_of: np.ndarray, factor: np.ndarray,
+def rebalanced(factors: np.ndarray, matched: np.ndarray, seen: np.ndarray, mass: np.ndarray, factor: np.ndarray,
                balance: float) -> np.ndarray:
     """(M,) node factors ``u`` moved towards equal shares of the cloud: ``u <- u (mean P1 / P1)^balance`` over
-    the nodes that have points within the cutoff, the log ratio averaged with the kernel ``factor`` (M, L) (``U``,
-    ``G ≈ U Uᵀ``) over the nodes around each one; geometric mean 1 over those nodes, within ``MAX_FACTOR``."""
-    seen = np.bincount(node_of, minlength=len(factors)) > 0  # (M,)
+    the ``seen`` nodes (M,) bool (those with points within the cutoff), the log ratio averaged with the kernel
+    ``factor`` (M, L) (``U``, ``G ≈ U Uᵀ``) over the nodes around each one (``mass`` (M,): ``U Uᵀ seen``, the
+    average's weights); geometric mean 1 over the seen nodes, within ``MAX_FACTOR``."""
     if not seen.any() or matched[seen].sum() <= 0:
         return factors
     log_ratio = np.zeros(len(factors))
     log_ratio[seen] = np.log(matched[seen].mean() / np.maximum(matched[seen], 1e-12))
-    smoothed = factor @ (factor.T @ log_ratio) / np.maximum(factor @ (factor.T @ seen.astype(np.float64)), 1e-12)
+    smoothed = factor @ (factor.T @ log_ratio) / np.maximum(mass, 1e-12)
     log_factors = np.log(factors)
     log_factors[seen] += balance * smoothed[seen]
     log_factors[seen] -= log_factors[seen].mean()
