@@ -143,7 +143,9 @@ class SequenceDataset(Dataset):
     ``offset``/``scale`` (the :class:`Normalization`: ``original = (points + 1) / scale + offset``,
     before SE(3)); ``rotation`` (3, 3) and ``translation`` (3,) float32 of the SE(3) augmentation
     (identity when off; ``augmented = original @ R^T + t``); and, when the file has ground truth,
-    ``keypoints`` (M, 3) float32 transformed and normalised like the points.
+    ``keypoints`` (M, 3) float32 transformed and normalised like the points. After
+    :meth:`set_target_vertices`, also ``targets`` (K, 3) float32, those vertices of the frame transformed and
+    normalised like the points, and ``targets_seen`` (K,) bool, False for a vertex a partial view hides.
     """
 
     def __init__(self, paths, num_points: int = 2048, sampling: str = 'fps', augment: Augment | None = None,
@@ -163,6 +165,7 @@ class SequenceDataset(Dataset):
         self.load_kwargs = load_kwargs or {}
         self.keypoints = keypoints
         self._cache: OrderedDict[int, Sequence] = OrderedDict()
+        self.target_vertices: np.ndarray | None = None
         counts = []
         for i, f in enumerate(self.files):
             n = _npz_frames(f) if f.suffix == '.npz' else self._sequence(i).frames
@@ -175,6 +178,15 @@ class SequenceDataset(Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def set_target_vertices(self, vertices: np.ndarray | None) -> None:
+        """(S, K) vertex ids per sequence (``keygrid_ros.train.tracked_targets``) to add to every item as
+        ``targets``; ``None`` stops it."""
+        if vertices is not None:
+            vertices = np.asarray(vertices, dtype=np.int64)
+            if vertices.ndim != 2 or len(vertices) != len(self.files):
+                raise ValueError(f'target vertices must be (sequences={len(self.files)}, K), got {vertices.shape}')
+        self.target_vertices = vertices
 
     def locate(self, index: int) -> tuple[int, int]:
         """Item index -> (sequence index, frame)."""
@@ -244,6 +256,13 @@ class SequenceDataset(Dataset):
         if self.keypoints and seq.keypoints is not None:
             kp = (seq.keypoints[frame].astype(np.float64) * stretch) @ rot.T + shift
             item['keypoints'] = torch.from_numpy(norm.apply(kp).astype(np.float32))
+        if self.target_vertices is not None:
+            ids = self.target_vertices[seq_index]
+            target = (verts[ids] * stretch) @ rot.T + shift
+            item['targets'] = torch.from_numpy(norm.apply(target).astype(np.float32))
+            seen_ids = np.zeros(len(verts), dtype=bool)
+            seen_ids[candidates] = True
+            item['targets_seen'] = torch.from_numpy(seen_ids[ids])
         return item
 
     def _visible(self, verts: np.ndarray, faces: np.ndarray, rng: np.random.Generator) -> np.ndarray:

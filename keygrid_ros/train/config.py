@@ -47,6 +47,10 @@ class TrainConfig:
     correspondence_temperature: float = 0.0  # 0: squared distance; > 0: contrastive form at this temperature
     correspondence_stop_gradient: bool = False  # the moved cloth is a fixed target: no reward for still cloth
     correspondence_spread: float = 0.0  # weight of the moved cloth's variance: wide weight patches pay for it
+    # --- the optional tracked-target loss (keygrid_ros.train.tracked_targets) ---
+    track_weight: float = 0.0  # weight of the pull towards the teacher's reference-frame vertices; 0 = off
+    track_teacher: str = ''  # the model file that picks the vertices; empty: ``init``
+    track_reference_frame: int = 0  # the frame of each sequence where the teacher picks them (0: the flat garment)
 
     # --- optimisation (released: Adadelta lr 0.1 eps 1e-2, batch 8, 100 epochs, no shuffle) ---
     optimizer: str = 'adadelta'  # 'adadelta' (released) or 'adam' (the paper's text)
@@ -95,6 +99,11 @@ class TrainConfig:
         if self.correspondence_weight > 0 and self.batch_size % 2:
             raise ValueError(f'the correspondence loss trains on pairs of frames: batch_size must be even, '
                              f'got {self.batch_size}')
+        if self.track_weight < 0 or self.track_reference_frame < 0:
+            raise ValueError(f'track_weight and track_reference_frame must be >= 0, got {self.track_weight} and '
+                             f'{self.track_reference_frame}')
+        if self.track_weight > 0 and not (self.track_teacher or self.init):
+            raise ValueError('track_weight > 0 needs a teacher: set track_teacher (or init) to a Key-Grid model file')
         if isinstance(self.train, str):
             self.train = [self.train]
         if isinstance(self.val, str):
@@ -211,13 +220,13 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not isinstance(loaded, dict):
             raise ValueError(f'{path}: expected a mapping of settings at the top level')
         data = loaded
-        resolve_path_settings(data, path.resolve().parent, lists=('train', 'val'), files=('init',))
+        resolve_path_settings(data, path.resolve().parent, lists=('train', 'val'), files=('init', 'track_teacher'))
     overrides = list(overrides or [])
     data = apply_overrides(data, overrides)
     overridden = overridden_keys(overrides)
     # Resolved now, so that the run folder's config.yaml still finds them from anywhere.
     resolve_path_settings(data, Path.cwd(), lists=[k for k in ('train', 'val') if k in overridden],
-                          files=[k for k in ('init',) if k in overridden])
+                          files=[k for k in ('init', 'track_teacher') if k in overridden])
     config = TrainConfig.from_dict(data)
     config.model_config()  # fail now, not after loading the data, on a bad model setting
     return config

@@ -71,6 +71,7 @@ from .runtime import (
     stopped_message,
     sync_buffers,
 )
+from .tracked_targets import reference_vertices, tracked_target_loss
 
 __all__ = ['CHECKPOINT', 'MODEL_BEST', 'MODEL_LAST', 'NonFiniteLossError', 'TrainResult', 'train']
 
@@ -107,10 +108,11 @@ def _optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
 
 
 def _train_step(model, net: KeyGrid, optimizer, scaler, points: torch.Tensor, indices: torch.Tensor | None,
-                similarity: bool, config: TrainConfig, autocast_dtype: torch.dtype | None,
-                ddp: Distributed) -> dict[str, float]:
+                targets: tuple[torch.Tensor, torch.Tensor] | None, similarity: bool, config: TrainConfig,
+                autocast_dtype: torch.dtype | None, ddp: Distributed) -> dict[str, float]:
     """One optimiser step on ``points`` (B, N, 3); ``indices`` (B, N) vertex ids of frame pairs when the
-    correspondence loss is on. Raises :class:`NonFiniteLossError` before a bad update."""
+    correspondence loss is on; ``targets`` ((B, K, 3) positions, (B, K) seen) when the tracked-target loss is.
+    Raises :class:`NonFiniteLossError` before a bad update."""
     with torch.autocast(points.device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
         output = model(points, reconstruct=similarity)
     # The losses are nearest-neighbour distances: compute them in float32 whatever the forward ran in.
@@ -122,16 +124,20 @@ def _train_step(model, net: KeyGrid, optimizer, scaler, points: torch.Tensor, in
                                    config.correspondence_temperature, config.correspondence_stop_gradient,
                                    config.correspondence_spread)
         total = total + config.correspondence_weight * corr
-    values = torch.stack([total.detach(), losses['fps'], losses['sim'], corr.detach()])
+    track = points.new_zeros(())
+    if targets is not None:
+        track = tracked_target_loss(output.keypoints, *targets)
+        total = total + config.track_weight * track
+    values = torch.stack([total.detach(), losses['fps'], losses['sim'], corr.detach(), track.detach()])
     if ddp.enabled:  # every rank must see the same verdict, or the others would hang in backward
         dist.all_reduce(values)
         values /= ddp.world
     if not torch.isfinite(values).all():
         raise NonFiniteLossError(f'loss is {values[0].item()} (fps {values[1].item()}, sim {values[2].item()}, '
-                                 f'correspondence {values[3].item()})')
+                                 f'correspondence {values[3].item()}, tracked targets {values[4].item()})')
     grad_norm = optimizer_step(total, net, optimizer, scaler, config.grad_clip)
-    loss, fps, sim, corr_value = values.tolist()
-    return {'loss': loss, 'fps': fps, 'sim': sim, 'corr': corr_value, 'grad_norm': grad_norm}
+    loss, fps, sim, corr_value, track_value = values.tolist()
+    return {'loss': loss, 'fps': fps, 'sim': sim, 'corr': corr_value, 'track': track_value, 'grad_norm': grad_norm}
 
 
 def _start_from(net: KeyGrid, path: str) -> dict[str, Any]:
@@ -281,6 +287,17 @@ def _train(config: TrainConfig, resume: bool | str, ddp: Distributed) -> TrainRe
                                            'stop_gradient': config.correspondence_stop_gradient,
                                            'spread': config.correspondence_spread}
     pair_limit = last_frames(train_set, train_indices) if config.correspondence_weight else {}
+    if config.track_weight:
+        teacher_path = config.track_teacher or config.init
+        teacher, _ = load_model(teacher_path)  # only its keypoint count must be the student's
+        if teacher.config.num_keypoints != model_config.num_keypoints:
+            raise ValueError(f'track_teacher {teacher_path} has {teacher.config.num_keypoints} keypoints, the '
+                             f'student {model_config.num_keypoints}')
+        # Every rank picks the same vertices (the samples depend only on the seed), so no broadcast is needed.
+        train_set.set_target_vertices(reference_vertices(teacher, train_set, config.track_reference_frame,
+                                                         config.batch_size))
+        training_data['tracked_targets'] = {'weight': config.track_weight, 'teacher': portable_path(teacher_path),
+                                            'reference_frame': config.track_reference_frame}
 
     def write_checkpoint(epoch_now: int, batch_now: int) -> None:
         sync_buffers(net, ddp)  # collectives: all ranks call this
@@ -322,7 +339,9 @@ def _train(config: TrainConfig, resume: bool | str, ddp: Distributed) -> TrainRe
             for batch in loader:
                 points = batch['points'].to(device, non_blocking=True)
                 indices = batch['indices'].to(device, non_blocking=True) if config.correspondence_weight else None
-                stats = _train_step(model, net, optimizer, scaler, points, indices, similarity, config,
+                targets = ((batch['targets'].to(device, non_blocking=True),
+                            batch['targets_seen'].to(device, non_blocking=True)) if config.track_weight else None)
+                stats = _train_step(model, net, optimizer, scaler, points, indices, targets, similarity, config,
                                     autocast_dtype, ddp)
                 step += 1
                 batch_done += 1
@@ -331,10 +350,11 @@ def _train(config: TrainConfig, resume: bool | str, ddp: Distributed) -> TrainRe
                 if bar is not None:
                     bar.set_postfix(loss=f'{stats["loss"]:.4f}', fps=f'{stats["fps"]:.4f}',
                                     sim=f'{stats["sim"]:.4f}', corr=f'{stats["corr"]:.4f}',
+                                    track=f'{stats["track"]:.4f}',
                                     clouds_s=f'{throughput.rate:.1f}', refresh=False)
                     bar.update()
                 if writer is not None and (step % config.log_every == 0 or step == 1):
-                    for key in ('loss', 'fps', 'sim', 'corr', 'grad_norm'):
+                    for key in ('loss', 'fps', 'sim', 'corr', 'track', 'grad_norm'):
                         writer.add_scalar(f'train/{key}', stats[key], step)
                     writer.add_scalar('train/lr', optimizer.param_groups[0]['lr'], step)
                     writer.add_scalar('train/clouds_per_s', throughput.rate, step)
