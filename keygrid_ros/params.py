@@ -124,10 +124,10 @@ DETECT_PARAMS: tuple[ParamSpec, ...] = (
        'frame".'),
     _p('tracking.method', 'cpd', "'cpd': the whole garment's nodes are registered onto each new cloud by "
        'non-rigid Coherent Point Drift and each keypoint rides its nearest nodes (about 75 ms a frame on one CPU '
-       'core; with fresh points every frame T-shirt folds 91.4 DAS against 81.2 with icp). It assumes the cloud '
-       'shows the garment: from one camera cloth hidden under a fold is drawn onto the seen cloth (single-view '
-       "T-shirt drags 91.8 against 77.9 with icp, folds 71.1 against 72.3, and 76.0 untracked). 'icp': each "
-       "keypoint's own patch is registered rigidly (about 15 ms; drifts where the cloth is flat).",
+       'core; with fresh points every frame T-shirt folds 91.4 DAS against 81.2 with icp). From one camera it '
+       'lifts T-shirt drags from 75.8 untracked to 91.8, but folds stay at 75.3 (75.5 untracked), short of a '
+       "perfect tracker's 96 through the same camera. 'icp': each keypoint's own patch is registered rigidly "
+       "(about 15 ms; drifts where the cloth is flat).",
        choices=TRACKING_METHODS),
     _p('tracking.nodes', 500, "cpd: nodes placed on the garment by farthest point sampling when tracks start.",
        min=16, max=4096),
@@ -218,6 +218,11 @@ DETECT_PARAMS: tuple[ParamSpec, ...] = (
     _p('cluster.select', 'largest', "Which cluster is the garment: 'largest', or 'nearest_center' "
        '(the one whose centroid is nearest the crop box centre).',
        choices=('largest', 'nearest_center')),
+    _p('cluster.attach_distance', 0.1, 'Other clusters (of at least 30 points, and with table removal on, all '
+       'of them more than 2 cm above the table) within this distance (metres) of the garment cluster are part '
+       'of it: one camera sees a flap lifted by a gripper apart from the rest when its bend faces away, and '
+       'dropping the flap while it moves loses the cloth on it. 0 = keep the garment cluster alone.',
+       min=0.0, max=1.0),
     # --- model input ---
     _p('num_points', 2048, 'Points fed to the model, chosen by farthest point sampling (kept in FPS '
        'order). Must match the model file.', min=16, max=65536, read_only=True),

@@ -12,7 +12,7 @@ from scipy.spatial import cKDTree
 import torch
 
 from keygrid_ros.normalize import Normalization, fit_batch
-from keygrid_ros.perception.clustering import euclidean_clusters
+from keygrid_ros.perception.clustering import ATTACH_MIN_POINTS, attach_pieces, euclidean_clusters
 from keygrid_ros.perception.filters import transform_and_crop, voxel_downsample
 from keygrid_ros.perception.plane import fit_plane
 from keygrid_ros.perception.preprocess import PreprocessConfig, Preprocessor
@@ -207,6 +207,55 @@ def test_sparse_noise_cells_join_nothing(rng):
     biggest = np.argmax(clusters.sizes)
     assert np.mean(clusters.labels[:6000] == biggest) > 0.97  # all but a sliver of the rim
     assert np.mean(clusters.labels[6000:] == biggest) < 0.1
+
+
+def test_pieces_join_the_garment_when_some_point_is_near_it(rng):
+    # A garment, a flap seen apart from it (3.6 cm away), a second piece 4 cm beyond the flap (reached only
+    # through it), a speck 2 cm away (too small to be cloth) and an object 30 cm away.
+    garment = np.column_stack([rng.uniform(0, 0.3, (4000, 2)), np.zeros(4000)])
+    flap = np.column_stack([rng.uniform(0.33, 0.45, (800, 1)), rng.uniform(0, 0.3, (800, 1)), np.full(800, 0.02)])
+    beyond = flap[:300] + [0.16, 0.0, 0.0]
+    speck = np.column_stack([rng.uniform(-0.03, -0.02, (ATTACH_MIN_POINTS - 5, 2)), np.zeros(ATTACH_MIN_POINTS - 5)])
+    far = garment[:1500] + [0.0, 0.6, 0.0]
+    points = np.vstack([garment, flap, beyond, speck, far])
+    parts = np.repeat(np.arange(5), [len(garment), len(flap), len(beyond), len(speck), len(far)])
+    clusters = euclidean_clusters(points, 0.015, min_cell_points=1)
+    chosen = clusters.labels == clusters.labels[0]
+    assert set(parts[chosen]) == {0}  # the fine tolerance keeps every piece apart
+    # Reference: single-linkage over the pieces, by brute-force nearest distances.
+    def gap(a, b):
+        return np.min(np.linalg.norm(points[parts == a][:, None] - points[parts == b][None], axis=-1))
+    assert gap(0, 1) < 0.05 < gap(0, 2) and gap(1, 2) < 0.05 and gap(0, 3) < 0.05 and gap(0, 4) > 0.2
+    grown = attach_pieces(points, clusters, chosen, 0.05)
+    assert set(parts[grown]) == {0, 1, 2}
+    assert np.array_equal(grown, np.isin(parts, [0, 1, 2]))
+    assert np.array_equal(attach_pieces(points, clusters, chosen, 0.02), chosen)  # nothing that near
+    eligible = np.ones(len(clusters.sizes), bool)
+    eligible[clusters.labels[parts == 1]] = False  # the flap may not join: nor may what only it reaches
+    assert np.array_equal(attach_pieces(points, clusters, chosen, 0.05, eligible), chosen)
+    assert not attach_pieces(points, clusters, np.zeros(len(points), bool), 0.05).any()
+
+
+def test_pipeline_keeps_a_lifted_flap_seen_apart_from_the_garment_and_nothing_lying_by_it(rng):
+    table = np.column_stack([rng.uniform(-0.5, 0.5, (40000, 2)), rng.normal(0, 0.0005, 40000)])
+    lying = np.column_stack([rng.uniform(-0.2, 0.1, (9000, 2)), np.full(9000, 0.02)])
+    # 3 cm past the garment's edge and 3.5 cm above it (4.6 cm away), 5.5 cm off the table: a cluster of its
+    # own, which would not even count as a garment (it does not rest on the table).
+    flap = np.column_stack([rng.uniform(0.13, 0.2, (2000, 1)), rng.uniform(-0.2, 0.1, (2000, 1)),
+                            rng.uniform(0.055, 0.07, (2000, 1))])
+    # A thing lying on the table 3 cm from the garment's other edge: as near, but touching the table.
+    neighbour = np.column_stack([rng.uniform(-0.35, -0.23, (2000, 1)), rng.uniform(-0.2, 0.1, (2000, 1)),
+                                 rng.uniform(0.006, 0.04, (2000, 1))])
+    points = np.vstack([table, lying, flap, neighbour]).astype(np.float32)
+    base = dict(crop_min=(-0.6, -0.6, -0.1), crop_max=(0.6, 0.6, 0.5), voxel_size=0.0, num_points=512)
+    alone = Preprocessor(PreprocessConfig(**base, cluster_attach_distance=0.0))(points, np.eye(4))
+    attached = Preprocessor(PreprocessConfig(**base))(points, np.eye(4))
+    assert alone.ok and attached.ok
+    # (A few points of sparse rim cells are noise either way: see test_sparse_noise_cells_join_nothing.)
+    assert alone.points[:, 0].max() < 0.11 and 8950 < alone.report.points['cluster'] <= 9000
+    assert attached.report.points['cluster'] - alone.report.points['cluster'] > 1950
+    assert attached.points[:, 0].max() > 0.19
+    assert alone.points[:, 0].min() > -0.21 and attached.points[:, 0].min() > -0.21  # the neighbour stays out
 
 
 def test_fps_order_is_farthest_point_order(rng):

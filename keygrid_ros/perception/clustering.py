@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
 # Half of the 26 neighbour offsets: each undirected cell adjacency is found exactly once.
 _HALF_NEIGHBOURS = np.array([(dx, dy, dz) for dx in (-1, 0, 1) for dy in (-1, 0, 1) for dz in (-1, 0, 1)
@@ -79,3 +80,38 @@ def euclidean_clusters(points: np.ndarray, tolerance: float, min_cell_points: in
     labels = cell_label[inverse.reshape(-1)]
     sizes = np.bincount(labels[labels >= 0], minlength=dense_components.shape[0]).astype(np.int64)
     return Clusters(labels=labels, sizes=sizes)
+
+
+# A piece smaller than this many points is sensor speckle, not cloth the camera sees apart from the rest.
+ATTACH_MIN_POINTS = 30
+
+
+def attach_pieces(points: np.ndarray, clusters: Clusters, chosen: np.ndarray, distance: float,
+                  eligible: np.ndarray | None = None) -> np.ndarray:
+    """(N,) bool: ``chosen`` (N,) bool grown by every cluster that comes within ``distance`` of it.
+
+    One camera can see a garment in pieces: the bend of a flap lifted by a gripper faces away from it or is
+    seen edge-on, too sparsely to connect (``min_cell_points``), and the flap becomes a cluster of its own.
+    Keeping only the garment's largest piece would drop the flap exactly while it moves, and a tracker loses
+    the cloth on it. A cluster of at least :data:`ATTACH_MIN_POINTS` points whose nearest point lies within
+    ``distance`` of the garment joins it; joined pieces can bring further ones within reach. Noise (label -1)
+    never joins, so the fine ``tolerance`` still keeps table speckle out. ``eligible`` (C,) bool, when given,
+    says which clusters may join at all (the caller's test that a piece is lifted cloth).
+    """
+    chosen = chosen.copy()
+    allowed = clusters.sizes >= ATTACH_MIN_POINTS
+    if eligible is not None:
+        allowed &= eligible
+    pieces = [label for label in np.flatnonzero(allowed) if not chosen[clusters.labels == label].any()]
+    grown = True
+    while grown and pieces and chosen.any():
+        grown = False
+        tree = cKDTree(points[chosen])
+        for label in list(pieces):
+            members = clusters.labels == label
+            gaps, _ = tree.query(points[members], distance_upper_bound=distance)
+            if np.isfinite(gaps).any():  # inf where nothing is within ``distance``
+                chosen |= members
+                pieces.remove(label)
+                grown = True
+    return chosen

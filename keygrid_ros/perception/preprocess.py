@@ -31,7 +31,7 @@ import torch
 
 from keygrid_ros.normalize import Normalization
 from keygrid_ros.params import defaults as default_params
-from keygrid_ros.perception.clustering import euclidean_clusters
+from keygrid_ros.perception.clustering import ATTACH_MIN_POINTS, attach_pieces, euclidean_clusters
 from keygrid_ros.perception.filters import transform_and_crop, voxel_downsample
 from keygrid_ros.perception.plane import Plane, fit_plane
 from keygrid_ros.perception.sampling import fps_order
@@ -61,6 +61,7 @@ class PreprocessConfig:
     cluster_max_gap: float = 0.05
     cluster_min_height: float = 0.015
     cluster_select: str = 'largest'
+    cluster_attach_distance: float = 0.1
     num_points: int = 2048
     min_points: int = 256
 
@@ -90,9 +91,16 @@ class PreprocessConfig:
             cluster_max_gap=merged['cluster.max_gap'],
             cluster_min_height=merged['cluster.min_height'],
             cluster_select=merged['cluster.select'],
+            cluster_attach_distance=merged['cluster.attach_distance'],
             num_points=merged['num_points'],
             min_points=merged['min_points'],
         )
+
+
+# A piece seen apart from the garment joins it only when all of it is this far above the table (metres): cloth
+# held up by a gripper. Patches of sensor noise and objects lying next to the garment touch the table (on real
+# Kinect clouds their lowest points sit at the 4 mm table threshold), so they stay out.
+ATTACH_MIN_LIFT = 0.02
 
 
 @dataclass
@@ -277,7 +285,16 @@ class Preprocessor:
             chosen = qualified[int(np.argmin(np.linalg.norm(centroids - self._box_centre, axis=1)))]
         else:
             chosen = qualified[0]  # sorted by size
-        return points[clusters.labels == chosen], None
+        garment = clusters.labels == chosen
+        # Only when some other cluster is big enough to join: most frames show the garment in one piece.
+        if cfg.cluster_attach_distance > 0 and np.count_nonzero(clusters.sizes >= ATTACH_MIN_POINTS) > 1:
+            eligible = None
+            if height is not None:  # only pieces held off the table (a lifted flap), not things lying next to it
+                lowest = np.full(clusters.sizes.shape, np.inf)
+                np.minimum.at(lowest, clusters.labels[clusters.labels >= 0], height[clusters.labels >= 0])
+                eligible = lowest > ATTACH_MIN_LIFT
+            garment = attach_pieces(points, clusters, garment, cfg.cluster_attach_distance, eligible)
+        return points[garment], None
 
     @staticmethod
     def _give_up(report: PreprocessReport, reason: str, plane: Plane | None = None) -> PreprocessResult:
