@@ -125,7 +125,7 @@ DETECT_PARAMS: tuple[ParamSpec, ...] = (
     _p('tracking.method', 'cpd', "'cpd': the whole garment's nodes are registered onto each new cloud by "
        'non-rigid Coherent Point Drift and each keypoint rides its nearest nodes (about 75 ms a frame on one CPU '
        'core; with fresh points every frame T-shirt folds 91.4 DAS against 81.2 with icp). From one camera it '
-       'lifts T-shirt drags from 75.8 untracked to 91.8, but folds stay at 75.3 (75.5 untracked), short of a '
+       'lifts T-shirt drags from 75.7 untracked to 91.2, but folds stay at 77.8 (77.0 untracked), short of a '
        "perfect tracker's 96 through the same camera. 'icp': each keypoint's own patch is registered rigidly "
        "(about 15 ms; drifts where the cloth is flat).",
        choices=TRACKING_METHODS),
@@ -219,9 +219,10 @@ DETECT_PARAMS: tuple[ParamSpec, ...] = (
        '(the one whose centroid is nearest the crop box centre).',
        choices=('largest', 'nearest_center')),
     _p('cluster.attach_distance', 0.1, 'Other clusters (of at least 30 points, and with table removal on, all '
-       'of them more than 2 cm above the table) within this distance (metres) of the garment cluster are part '
-       'of it: one camera sees a flap lifted by a gripper apart from the rest when its bend faces away, and '
-       'dropping the flap while it moves loses the cloth on it. 0 = keep the garment cluster alone.',
+       'of them more than 2 cm above the table, or half of them where the last frame saw the garment) within '
+       'this distance (metres) of the garment cluster are part of it: one camera sees a flap lifted by a '
+       'gripper apart from the rest when its bend faces away, or a flap\'s shadow cuts the cloth under it off, '
+       'and dropping those pieces loses the cloth on them. 0 = keep the garment cluster alone.',
        min=0.0, max=1.0),
     # --- model input ---
     _p('num_points', 2048, 'Points fed to the model, chosen by farthest point sampling (kept in FPS '

@@ -89,6 +89,26 @@ def test_smoothing_and_reset_when_the_garment_is_lost(points):
     assert np.allclose(detector(moved, table_from_camera()).keypoints, raw)
 
 
+def test_each_frame_hands_its_garment_to_the_next_and_a_reset_forgets_it(points, monkeypatch):
+    detector = Detector(StubModel())
+    handed = []
+    call = type(detector.preprocess).__call__
+    monkeypatch.setattr(type(detector.preprocess), '__call__',
+                        lambda self, cloud, transform=None, previous=None: (handed.append(previous),
+                                                                            call(self, cloud, transform, previous))[1])
+    first = detector.preprocess(points, table_from_camera())  # what the detector's first frame will see
+    detector(points, table_from_camera())
+    detector(points, table_from_camera())
+    assert handed[1] is None and np.array_equal(handed[2], first.garment)
+    assert len(first.garment) == first.report.points['cluster'] > len(first.points)  # all of it, not the sample
+    detector.reset()
+    detector(points, table_from_camera())
+    assert handed[3] is None
+    assert not detector(points[:10], table_from_camera()).ok  # a lost garment is forgotten too
+    detector(points, table_from_camera())
+    assert handed[5] is None
+
+
 def test_failures_are_reasons_not_exceptions(points):
     detector = Detector(StubModel())
     empty = detector(np.full((100, 3), np.nan, np.float32), None)

@@ -258,6 +258,37 @@ def test_pipeline_keeps_a_lifted_flap_seen_apart_from_the_garment_and_nothing_ly
     assert alone.points[:, 0].min() > -0.21 and attached.points[:, 0].min() > -0.21  # the neighbour stays out
 
 
+def test_pipeline_keeps_garment_a_flap_cuts_off_and_not_a_thing_that_was_never_garment(rng):
+    # A garment lying flat (1.7 cm up: over cluster.min_height, under the 2 cm of a lifted piece), then cut in
+    # two by a 3 cm strip the camera no longer sees (a flap's shadow): the right part, on the table like a thing
+    # lying next to the garment, is garment only by what the last frame kept. A thing 3 cm past the left edge
+    # was never garment.
+    table = np.column_stack([rng.uniform(-0.5, 0.5, (40000, 2)), rng.normal(0, 0.0005, 40000)])
+    left = np.column_stack([rng.uniform(-0.2, 0.1, (9000, 1)), rng.uniform(-0.2, 0.1, (9000, 1)),
+                            np.full(9000, 0.017)])
+    shadow = np.column_stack([rng.uniform(0.1, 0.13, (900, 1)), rng.uniform(-0.2, 0.1, (900, 1)),
+                              np.full(900, 0.017)])
+    right = np.column_stack([rng.uniform(0.13, 0.25, (3600, 1)), rng.uniform(-0.2, 0.1, (3600, 1)),
+                             np.full(3600, 0.017)])
+    thing = np.column_stack([rng.uniform(-0.35, -0.23, (2000, 1)), rng.uniform(-0.2, 0.1, (2000, 1)),
+                             rng.uniform(0.006, 0.04, (2000, 1))])
+    config = PreprocessConfig(crop_min=(-0.6, -0.6, -0.1), crop_max=(0.6, 0.6, 0.5), voxel_size=0.0,
+                              num_points=512)
+    before = Preprocessor(config)(np.vstack([table, left, shadow, right, thing]).astype(np.float32), np.eye(4))
+    assert before.ok and before.garment.shape == (before.report.points['cluster'], 3)
+    assert before.garment[:, 0].max() > 0.24 and before.garment[:, 0].min() > -0.21  # one piece, no thing
+    now = np.vstack([table, left, right, thing]).astype(np.float32)
+    alone = Preprocessor(config)(now, np.eye(4))
+    kept = Preprocessor(config)(now, np.eye(4), previous=before.garment)
+    assert alone.ok and kept.ok
+    assert alone.garment[:, 0].max() < 0.11  # without the last frame the cut-off part is a thing on the table
+    assert kept.garment[:, 0].max() > 0.24 and kept.report.points['cluster'] - alone.report.points['cluster'] > 3500
+    assert kept.garment[:, 0].min() > -0.21  # the thing stays out: it was never garment
+    # A previous frame elsewhere (another garment, a moved camera) brings nothing in.
+    elsewhere = Preprocessor(config)(now, np.eye(4), previous=before.garment + [0.0, 0.0, 0.2])
+    assert elsewhere.report.points['cluster'] == alone.report.points['cluster']
+
+
 def test_fps_order_is_farthest_point_order(rng):
     points = rng.normal(size=(3000, 3)).astype(np.float32)
     order = fps_order(points, 64)

@@ -170,6 +170,7 @@ class Detector:
         self.preprocess = Preprocessor(config or PreprocessConfig(), device=device)
         self.smoother = KeypointSmoother(smoothing)
         self.tracker = KeypointTracker(tracking) if tracking is not None else None
+        self._previous_garment: np.ndarray | None = None  # (G, 3) the last frame's garment points, target frame
         names = getattr(model, 'keypoint_names', None)
         self._names: tuple[str, ...] | None = tuple(names) if names else None
         reference = getattr(model, 'reference_keypoints', None)
@@ -189,6 +190,7 @@ class Detector:
     def reset(self) -> None:
         """Forget the stream: the next frame starts new tracks and new smoothing."""
         self.smoother.reset()
+        self._previous_garment = None
         if self.tracker is not None:
             self.tracker.reset()
 
@@ -211,7 +213,9 @@ class Detector:
         """Detect keypoints in ``points`` ((N, 3) or (H, W, 3), NaN = no return) mapped by ``transform``
         ((4, 4) target <- sensor, or None when already in the target frame)."""
         start = time.perf_counter()
-        pre = self.preprocess(points, transform)
+        # The last frame's garment lets the front end keep pieces of it one camera now sees apart.
+        pre = self.preprocess(points, transform, self._previous_garment)
+        self._previous_garment = pre.garment
         ms = dict(pre.report.ms)
         if not pre.ok:
             self.reset()  # a new garment must not inherit the old one's keypoints

@@ -27,6 +27,7 @@ from typing import Any
 import warnings
 
 import numpy as np
+from scipy.spatial import cKDTree
 import torch
 
 from keygrid_ros.normalize import Normalization
@@ -101,6 +102,10 @@ class PreprocessConfig:
 # held up by a gripper. Patches of sensor noise and objects lying next to the garment touch the table (on real
 # Kinect clouds their lowest points sit at the 4 mm table threshold), so they stay out.
 ATTACH_MIN_LIFT = 0.02
+# ... or when at least this share of its points lies within ``cluster.tolerance`` of the garment the previous frame
+# kept: cloth the garment already was (the part of a garment a flap's shadow cuts off from the rest, lying on the
+# table). Things lying next to the garment were never part of it, so they stay out however near they are.
+ATTACH_MIN_OVERLAP = 0.5
 
 
 @dataclass
@@ -122,7 +127,9 @@ class PreprocessResult:
 
     ``model_input`` (N, 3) float32 is normalised to [-1, 1]; ``points`` (N, 3) float32 are the same
     points in the target frame (metres); ``normalization.invert`` maps model-space coordinates back
-    to the target frame. All three are None when ``report.reason`` says why the frame was unusable.
+    to the target frame; ``garment`` (G, 3) float32 is every point the front end took for the garment
+    (before sampling; the next frame's ``previous``). All four are None when ``report.reason`` says why
+    the frame was unusable.
     """
 
     model_input: np.ndarray | None
@@ -130,6 +137,7 @@ class PreprocessResult:
     normalization: Normalization | None
     plane: Plane | None
     report: PreprocessReport
+    garment: np.ndarray | None = None
 
     @property
     def ok(self) -> bool:
@@ -168,7 +176,8 @@ class Preprocessor:
         self._box_centre = (np.asarray(cfg.crop_min) + np.asarray(cfg.crop_max)) / 2.0
         self._up = torch.tensor([0.0, 0.0, 1.0], device=self.device)
 
-    def __call__(self, points: np.ndarray, transform: np.ndarray | None = None) -> PreprocessResult:
+    def __call__(self, points: np.ndarray, transform: np.ndarray | None = None,
+                 previous: np.ndarray | None = None) -> PreprocessResult:
         """Run every enabled stage.
 
         Args:
@@ -177,6 +186,9 @@ class Preprocessor:
                 (H, W, 3) so that ``decimation`` can apply.
             transform: (4, 4) target <- sensor transform, or None when the cloud is already in the
                 target frame.
+            previous: (P, 3) the garment points of the stream's previous frame (its result's ``garment``),
+                or None: pieces of the cloud that were garment then may join the garment now
+                (``cluster.attach_distance``).
         """
         cfg = self.config
         report = PreprocessReport()
@@ -228,7 +240,7 @@ class Preprocessor:
 
         candidates = voxels.cpu().numpy()
         if cfg.cluster_enabled:
-            candidates, reason = self._isolate(candidates, height)
+            candidates, reason = self._isolate(candidates, height, previous)
             watch.lap('cluster')
             report.points['cluster'] = int(candidates.shape[0])
             if reason:
@@ -244,9 +256,10 @@ class Preprocessor:
         model_input = normalization.apply(selected)
         watch.lap('normalize')
         return PreprocessResult(model_input=model_input, points=selected, normalization=normalization,
-                                plane=plane, report=report)
+                                plane=plane, report=report, garment=candidates)
 
-    def _isolate(self, points: np.ndarray, height: np.ndarray | None) -> tuple[np.ndarray, str | None]:
+    def _isolate(self, points: np.ndarray, height: np.ndarray | None, previous: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, str | None]:
         """Pick the garment cluster; returns its points, or an empty array and the reason.
 
         ``height`` (N,) is each point's distance above the table (None without table removal). A
@@ -254,6 +267,7 @@ class Preprocessor:
         ``max_extent`` across) and, with a table, rests on it (lowest point within ``max_gap``) and
         stands out of it (99th-percentile height at least ``min_height``: depth cameras bend flat
         tables by several millimetres towards the image corners, and such patches are not garments).
+        Other pieces then join it (``attach_distance``): held up off the table, or garment in ``previous``.
         """
         cfg = self.config
         clusters = euclidean_clusters(points, cfg.cluster_tolerance, cfg.cluster_min_cell_points)
@@ -289,10 +303,22 @@ class Preprocessor:
         # Only when some other cluster is big enough to join: most frames show the garment in one piece.
         if cfg.cluster_attach_distance > 0 and np.count_nonzero(clusters.sizes >= ATTACH_MIN_POINTS) > 1:
             eligible = None
+            labelled = clusters.labels >= 0
             if height is not None:  # only pieces held off the table (a lifted flap), not things lying next to it
                 lowest = np.full(clusters.sizes.shape, np.inf)
-                np.minimum.at(lowest, clusters.labels[clusters.labels >= 0], height[clusters.labels >= 0])
+                np.minimum.at(lowest, clusters.labels[labelled], height[labelled])
                 eligible = lowest > ATTACH_MIN_LIFT
+                if previous is not None and len(previous):
+                    # ... or lying where the garment was; only the pieces that could still join are looked up.
+                    undecided = (clusters.sizes >= ATTACH_MIN_POINTS) & ~eligible
+                    undecided[chosen] = False
+                    ask = labelled.copy()
+                    ask[labelled] = undecided[clusters.labels[labelled]]
+                    if ask.any():
+                        near = cKDTree(np.asarray(previous)).query(points[ask],
+                                                                   distance_upper_bound=cfg.cluster_tolerance)[0]
+                        overlap = np.bincount(clusters.labels[ask], np.isfinite(near), len(clusters.sizes))
+                        eligible |= overlap >= ATTACH_MIN_OVERLAP * np.maximum(clusters.sizes, 1)
             garment = attach_pieces(points, clusters, garment, cfg.cluster_attach_distance, eligible)
         return points[garment], None
 
