@@ -168,7 +168,7 @@ class SequenceDataset(Dataset):
         self.target_vertices: np.ndarray | None = None
         counts = []
         for i, f in enumerate(self.files):
-            n = _npz_frames(f) if f.suffix == '.npz' else self._sequence(i).frames
+            n = _npz_frames(f) if f.suffix == '.npz' else self.sequence(i).frames
             counts.append(min(n, max_frames) if max_frames else n)
         self.frame_counts = np.asarray(counts, dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(self.frame_counts)])
@@ -195,7 +195,8 @@ class SequenceDataset(Dataset):
         seq = int(np.searchsorted(self._starts, index, side='right') - 1)
         return seq, int(index - self._starts[seq])
 
-    def _sequence(self, i: int) -> Sequence:
+    def sequence(self, i: int) -> Sequence:
+        """Sequence ``i`` of :attr:`files`, loaded once and kept in a small LRU cache."""
         if i in self._cache:
             self._cache.move_to_end(i)
             return self._cache[i]
@@ -208,7 +209,7 @@ class SequenceDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         seq_index, frame = self.locate(int(index))
-        seq = self._sequence(seq_index)
+        seq = self.sequence(seq_index)
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
         verts = seq.vertices[frame].astype(np.float64)
         aug = self.augment

@@ -32,7 +32,7 @@ import torch
 
 from keygrid_ros.normalize import Normalization
 from keygrid_ros.params import defaults as default_params
-from keygrid_ros.perception.clustering import ATTACH_MIN_POINTS, attach_pieces, euclidean_clusters
+from keygrid_ros.perception.clustering import ATTACH_MIN_POINTS, Clusters, attach_pieces, euclidean_clusters
 from keygrid_ros.perception.filters import transform_and_crop, voxel_downsample
 from keygrid_ros.perception.plane import Plane, fit_plane
 from keygrid_ros.perception.sampling import fps_order
@@ -302,25 +302,31 @@ class Preprocessor:
         garment = clusters.labels == chosen
         # Only when some other cluster is big enough to join: most frames show the garment in one piece.
         if cfg.cluster_attach_distance > 0 and np.count_nonzero(clusters.sizes >= ATTACH_MIN_POINTS) > 1:
-            eligible = None
-            labelled = clusters.labels >= 0
-            if height is not None:  # only pieces held off the table (a lifted flap), not things lying next to it
-                lowest = np.full(clusters.sizes.shape, np.inf)
-                np.minimum.at(lowest, clusters.labels[labelled], height[labelled])
-                eligible = lowest > ATTACH_MIN_LIFT
-                if previous is not None and len(previous):
-                    # ... or lying where the garment was; only the pieces that could still join are looked up.
-                    undecided = (clusters.sizes >= ATTACH_MIN_POINTS) & ~eligible
-                    undecided[chosen] = False
-                    ask = labelled.copy()
-                    ask[labelled] = undecided[clusters.labels[labelled]]
-                    if ask.any():
-                        near = cKDTree(np.asarray(previous)).query(points[ask],
-                                                                   distance_upper_bound=cfg.cluster_tolerance)[0]
-                        overlap = np.bincount(clusters.labels[ask], np.isfinite(near), len(clusters.sizes))
-                        eligible |= overlap >= ATTACH_MIN_OVERLAP * np.maximum(clusters.sizes, 1)
+            eligible = None if height is None else self._may_join(points, clusters, chosen, height, previous)
             garment = attach_pieces(points, clusters, garment, cfg.cluster_attach_distance, eligible)
         return points[garment], None
+
+    def _may_join(self, points: np.ndarray, clusters: Clusters, chosen: int, height: np.ndarray,
+                  previous: np.ndarray | None) -> np.ndarray:
+        """(C,) bool: which clusters may join the garment cluster ``chosen``: cloth held off the table (a lifted
+        flap), or lying where the garment was in ``previous`` (P, 3); not things lying next to it."""
+        labelled = clusters.labels >= 0
+        lowest = np.full(clusters.sizes.shape, np.inf)
+        np.minimum.at(lowest, clusters.labels[labelled], height[labelled])
+        eligible = lowest > ATTACH_MIN_LIFT
+        if previous is None or not len(previous):
+            return eligible
+        # Only the pieces that could still join are looked up (a few thousand points at most).
+        undecided = (clusters.sizes >= ATTACH_MIN_POINTS) & ~eligible
+        undecided[chosen] = False
+        ask = labelled.copy()
+        ask[labelled] = undecided[clusters.labels[labelled]]
+        if ask.any():
+            tree = cKDTree(np.asarray(previous))
+            near = tree.query(points[ask], distance_upper_bound=self.config.cluster_tolerance)[0]
+            overlap = np.bincount(clusters.labels[ask], np.isfinite(near), len(clusters.sizes))
+            eligible |= overlap >= ATTACH_MIN_OVERLAP * np.maximum(clusters.sizes, 1)
+        return eligible
 
     @staticmethod
     def _give_up(report: PreprocessReport, reason: str, plane: Plane | None = None) -> PreprocessResult:

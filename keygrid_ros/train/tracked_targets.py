@@ -56,7 +56,7 @@ def reference_vertices(teacher: torch.nn.Module, dataset: SequenceDataset, refer
         keypoints = keypoint_fn(torch.stack([item['points'] for item in items])).double().cpu().numpy()  # (b, K, 3)
         for item, kp in zip(items, keypoints):
             original = (kp + 1.0) / item['scale'] + item['offset']  # no SE(3): plain has no augmentation
-            vertices = plain._sequence(item['sequence']).vertices[item['frame']].astype(np.float64)  # (V, 3)
+            vertices = plain.sequence(item['sequence']).vertices[item['frame']].astype(np.float64)  # (V, 3)
             squared = ((original[:, None, :] - vertices[None]) ** 2).sum(-1)  # (K, V)
             chosen.append(squared.argmin(axis=1))
     return np.stack(chosen).astype(np.int64)
