@@ -52,6 +52,7 @@ setup(
         'rosbags>=0.10.4',
         'matplotlib>=3.7',
         'tqdm>=4.60',
+        'threadpoolctl>=3.1',  # one BLAS thread for the tracker's small matrices (keygrid_ros/blas.py)
     ],
     extras_require={
         # Talk to a ROS 2 graph without ROS 2 installed (keygrid detect --transport dds).

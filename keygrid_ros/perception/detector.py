@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from keygrid_ros.blas import single_threaded_blas
 from keygrid_ros.params import KEYPOINT_MODES
 from keygrid_ros.perception.plane import Plane
 from keygrid_ros.perception.postprocess import KeypointSmoother, garment_pose, keypoint_confidence
@@ -209,6 +210,7 @@ class Detector:
     def names(self) -> tuple[str, ...]:
         return self._names or ()
 
+    @single_threaded_blas  # its numpy/scipy work is on small matrices (keygrid_ros/blas.py)
     def __call__(self, points: np.ndarray, transform: np.ndarray | None = None) -> Detection:
         """Detect keypoints in ``points`` ((N, 3) or (H, W, 3), NaN = no return) mapped by ``transform``
         ((4, 4) target <- sensor, or None when already in the target frame)."""

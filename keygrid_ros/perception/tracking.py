@@ -37,6 +37,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 from scipy.spatial import cKDTree
 
+from keygrid_ros.blas import single_threaded_blas
 from keygrid_ros.params import TRACKING_METHODS as METHODS
 from keygrid_ros.perception.cpd import coherent_point_drift
 from keygrid_ros.perception.sampling import fps_order
@@ -228,6 +229,7 @@ class KeypointTracker:
         self._steady = 0  # consecutive frames whose detections moved less than half a patch radius
         self.lost = self.hidden = np.zeros(0, bool)
 
+    @single_threaded_blas  # small matrices: BLAS threads only spin (keygrid_ros/blas.py)
     def __call__(self, points: np.ndarray, detections: np.ndarray) -> np.ndarray:
         points = np.asarray(points, np.float64)
         detections = np.asarray(detections, np.float64)
