@@ -139,6 +139,14 @@ DETECT_PARAMS: tuple[ParamSpec, ...] = (
        'that cloth sliding along itself (the flat part of a garment drawn up into a lifted flap) takes its nodes '
        'along instead of leaving them crowded behind; 0 = plain Coherent Point Drift. Measured in '
        'docs/results.md, "Nodes that keep their share".', min=0.0, max=10.0),
+    _p('tracking.visibility_margin', 0.0, 'cpd: a node with cloud points in front of it on the line of sight '
+       'from the camera (more than this, metres) is hidden (the cloth under a fold, a flap carried over seen '
+       'edge on) and claims no points, instead of being drawn onto the cloth above it. The camera is the sensor '
+       "frame's origin. Use together with tracking.max_stretch. 0 = off: with 0.05 and a stretch of 0.1, "
+       'one-camera fold bags scored as without (docs/results.md, "Cloth nobody sees").', min=0.0, max=0.5),
+    _p('tracking.max_stretch', 0.0, 'cpd: no edge between neighbouring nodes may end a frame longer than '
+       '(1 + this) times its length when the nodes were placed: cloth does not stretch, so a node that sees '
+       'nothing is pulled after its seen neighbours. 0 = off.', min=0.0, max=10.0),
     _p('tracking.patch_radius', 0.06, 'icp: cloth around a keypoint registered from one frame to the next '
        '(metres); both methods: detections steadier than half of it start the tracks.',
        min=0.01, max=0.5),

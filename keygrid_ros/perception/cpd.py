@@ -33,6 +33,10 @@ the same as the plain one where the two distances agree):
 nodes near each other on the cloth and in space move together, stacked layers that were apart on the cloth
 do not. It is also what couples the flat cloth to the flap it is drawn into.
 
+Cloth the camera cannot see (``visibility``, CDCPD's visibility prior). A node with visibility 0 (the cloth under
+a fold, seen from one camera) takes no share of any point; it holds its place as firmly as a typical seen node
+holds its points, and moves only as its neighbours drag it (``keygrid_ros.perception.cloth_prior``).
+
 Speed: a tracker starts from last frame's nodes, so σ is a few millimetres to centimetres and a node's weight on
 points beyond 3σ is below 1 %; the E-step therefore visits only the point pairs within 3σ (one dual-tree search
 per iteration, nodes against points) instead of all M × N. The M-step would be an M × M solve per iteration;
@@ -67,7 +71,7 @@ class CPDResult(NamedTuple):
 def coherent_point_drift(nodes: np.ndarray, points: np.ndarray, smoothness: float = 0.08, regularisation: float = 2.0,
                          outlier_weight: float = 0.1, iterations: int = 30, sigma: float = 0.02,
                          tree: cKDTree | None = None, landmarks: int = 128, balance: float = 0.0,
-                         anchors: np.ndarray | None = None) -> CPDResult:
+                         anchors: np.ndarray | None = None, visibility: np.ndarray | None = None) -> CPDResult:
     """Move ``nodes`` (M, 3) onto ``points`` (N, 3) by non-rigid CPD.
 
     Args:
@@ -83,6 +87,9 @@ def coherent_point_drift(nodes: np.ndarray, points: np.ndarray, smoothness: floa
             update removes the whole imbalance it sees), for cloth that slides along itself (module docstring).
         anchors: (M, 3) where the nodes were when placed on the cloth, or None: the kernel then couples nodes by
             their distance on the cloth as well as in space (module docstring); None = by space alone.
+        visibility: (M,) in [0, 1], each node's weight in the mixture: 0 for a node the camera cannot see (the
+            cloth under a fold), which then explains no point and moves only with its neighbours and is left out
+            of the balance (``keygrid_ros.perception.cloth_prior.node_visibility``); None = all seen.
 
     Returns:
         :class:`CPDResult`. Permuting ``points`` does not change it (up to rounding).
@@ -99,8 +106,11 @@ def coherent_point_drift(nodes: np.ndarray, points: np.ndarray, smoothness: floa
         raise ValueError(f'balance must be in [0, 10], got {balance}')
     if anchors is not None and np.shape(anchors) != nodes.shape:
         raise ValueError(f'anchors must be (M, 3) like the nodes {nodes.shape}, got shape {np.shape(anchors)}')
+    if visibility is not None and np.shape(visibility) != (len(nodes),):
+        raise ValueError(f'visibility must be (M,) = ({len(nodes)},), got shape {np.shape(visibility)}')
     tree = tree if tree is not None else cKDTree(points)
     M, N = len(nodes), len(points)
+    prior = np.ones(M) if visibility is None else np.clip(np.asarray(visibility, np.float64), 0.0, 1.0)
     # With anchors, both distances are scaled by 1/√2: nodes whose distance on the cloth is their distance in
     # space (flat or bent, not folded onto each other) are then coupled exactly as by the plain kernel.
     coupled = nodes if anchors is None else np.hstack([nodes, np.asarray(anchors, np.float64)]) / np.sqrt(2)
@@ -114,11 +124,12 @@ def coherent_point_drift(nodes: np.ndarray, points: np.ndarray, smoothness: floa
         if len(pairs) == 0:
             return CPDResult(moved, float('inf'), np.zeros(M))  # nothing near any node: the cloth is elsewhere
         node_of, point_of = pairs['i'].astype(np.int64), pairs['j'].astype(np.int64)
-        kernel = np.exp(-pairs['v'] ** 2 / (2 * sigma2))  # (P,)
+        kernel = np.exp(-pairs['v'] ** 2 / (2 * sigma2)) * prior[node_of]  # (P,)
         outlier = (2 * np.pi * sigma2) ** 1.5 * outlier_weight / (1 - outlier_weight) * M / N
         if balance > 0:
             # Which nodes take part in the shares, and the kernel's mass around each: fixed within the EM step.
-            seen = np.bincount(node_of, minlength=M) > 0  # (M,)
+            # A hidden node sees no point however near: its share is not the balance's to even out.
+            seen = (np.bincount(node_of, minlength=M) > 0) & (prior > 0.5)  # (M,)
             mass = factor @ (factor.T @ seen.astype(np.float64))  # (M,) G 1 over the seen nodes
             for _ in range(BALANCE_STEPS):
                 matched = responsibilities(kernel * factors[node_of], node_of, point_of, outlier, M, N)[1]
@@ -129,12 +140,17 @@ def coherent_point_drift(nodes: np.ndarray, points: np.ndarray, smoothness: floa
         total = matched.sum()
         if total <= 1e-12:
             return CPDResult(moved, float('inf'), matched)
+        # A hidden node observes itself where it was, as firmly as a typical seen node observes the cloud: the
+        # field fitted to the seen nodes alone would otherwise extrapolate into the hidden cloth and throw it
+        # anywhere (cloth under a fold thrown a metre). Neighbours still drag it, as cloth does.
+        hold = (1.0 - prior) * (matched[prior > 0.5].mean() if (prior > 0.5).any() else 0.0)  # (M,)
+        fit_matched, fit_pulled = matched + hold, pulled + hold[:, None] * nodes
         # M-step, symmetric form: (U Uᵀ + C) W = d(P1)⁻¹ PX - Y with C = λσ² d(P1)⁻¹, by Woodbury:
         # W = C⁻¹R - C⁻¹U (I + Uᵀ C⁻¹ U)⁻¹ Uᵀ C⁻¹R. A node that sees no point has C⁻¹ = 0: no pull of its own,
         # it moves only with its neighbours.
-        inverse = matched / (regularisation * sigma2)  # (M,) C⁻¹
-        scaled = inverse[:, None] * (pulled / np.maximum(matched, 1e-12)[:, None] - nodes)  # C⁻¹ R
-        scaled[matched <= 1e-12] = 0.0
+        inverse = fit_matched / (regularisation * sigma2)  # (M,) C⁻¹
+        scaled = inverse[:, None] * (fit_pulled / np.maximum(fit_matched, 1e-12)[:, None] - nodes)  # C⁻¹ R
+        scaled[fit_matched <= 1e-12] = 0.0
         inner = np.eye(factor.shape[1]) + factor.T @ (inverse[:, None] * factor)
         coefficients = scaled - inverse[:, None] * (factor @ cho_solve(cho_factor(inner), factor.T @ scaled))
         moved = nodes + factor @ (factor.T @ coefficients)

@@ -246,7 +246,9 @@ class Detector:
         else:
             keypoints = pre.normalization.invert(keypoints_n.astype(np.float64))
         if self.tracker is not None:  # the detections start (and may steer) tracks of the keypoints' cloth
-            keypoints = self.tracker(pre.points, keypoints)
+            # The camera sits at the sensor frame's origin (as table removal assumes when there is no transform).
+            viewpoint = np.zeros(3) if transform is None else np.asarray(transform, np.float64)[:3, 3]
+            keypoints = self.tracker(pre.points, keypoints, viewpoint)
         if self.keypoint_mode == 'snapped' or (self.keypoint_mode == 'hard' and self.tracker is not None):
             # the input point nearest to the weighted mean (or to the tracked keypoint)
             nearest = ((keypoints[:, None, :] - pre.points[None, :, :]) ** 2).sum(-1).argmin(1)  # (K,)

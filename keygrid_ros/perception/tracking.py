@@ -39,6 +39,7 @@ from scipy.spatial import cKDTree
 
 from keygrid_ros.blas import single_threaded_blas
 from keygrid_ros.params import TRACKING_METHODS as METHODS
+from keygrid_ros.perception.cloth_prior import ClothGraph, cloth_graph, limit_stretch, node_visibility
 from keygrid_ros.perception.cpd import coherent_point_drift
 from keygrid_ros.perception.sampling import fps_order
 
@@ -71,6 +72,8 @@ class TrackerConfig:
     outlier_weight: float = 0.1
     cpd_iterations: int = 30
     balance: float = 1.0
+    visibility_margin: float = 0.0
+    max_stretch: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.patch_radius > 0:
@@ -103,6 +106,10 @@ class TrackerConfig:
             raise ValueError(f'tracking cpd_iterations must be in [1, 200], got {self.cpd_iterations}')
         if not 0.0 <= self.balance <= 10.0:
             raise ValueError(f'tracking balance must be in [0, 10], got {self.balance}')
+        if self.visibility_margin < 0:
+            raise ValueError(f'tracking visibility_margin must be >= 0 m (0 = off), got {self.visibility_margin}')
+        if self.max_stretch < 0:
+            raise ValueError(f'tracking max_stretch must be >= 0 (0 = off), got {self.max_stretch}')
 
     @classmethod
     def from_params(cls, values) -> TrackerConfig | None:
@@ -190,12 +197,14 @@ def project_to_surface(positions: np.ndarray, tree: cKDTree, points: np.ndarray,
 
 
 class KeypointTracker:
-    """Keypoints carried over a stream of clouds: ``state = tracker(points, detections)``.
+    """Keypoints carried over a stream of clouds: ``state = tracker(points, detections, viewpoint=None)``.
 
     ``points`` (N, 3) the garment's cloud in a frame fixed in the world (the node's ``target_frame``),
     ``detections`` (K, 3) this frame's detected keypoints in the same frame; returns (K, 3) float64, the
-    tracked keypoints (unsnapped). Until ``start_frames`` consecutive frames of steady detections have been
-    seen (after construction or :meth:`reset`) it returns the detections. Reset when the garment is lost, the
+    tracked keypoints (unsnapped); ``viewpoint`` (3,), the camera's position in that frame, or None (a whole
+    garment, no one camera), lets ``cpd`` tell the cloth the camera cannot see (``visibility_margin``).
+    Until ``start_frames`` consecutive frames of steady detections have been seen (after construction or
+    :meth:`reset`) it returns the detections. Reset when the garment is lost, the
     stream jumps, or the detector changes. :attr:`lost` and :attr:`hidden` say what happened to each keypoint
     in the last frame.
     """
@@ -208,6 +217,7 @@ class KeypointTracker:
         self._steady = 0
         self._nodes: np.ndarray | None = None  # (M, 3) cpd: the garment's nodes, moved frame by frame
         self._anchors: np.ndarray | None = None  # (M, 3) cpd: where the nodes were placed (the kernel's cloth)
+        self._graph: ClothGraph | None = None  # cpd with max_stretch: the nodes' neighbours on the cloth
         self._riders: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # cpd: each keypoint's nodes
         #: Keypoints that took their detection in the last frame because their cloth was lost (K,) bool.
         self.lost = np.zeros(0, bool)
@@ -225,12 +235,12 @@ class KeypointTracker:
         return self._state is not None and self._steady >= self.config.start_frames
 
     def reset(self) -> None:
-        self._cloud = self._tree = self._state = self._nodes = self._anchors = self._riders = None
+        self._cloud = self._tree = self._state = self._nodes = self._anchors = self._riders = self._graph = None
         self._steady = 0  # consecutive frames whose detections moved less than half a patch radius
         self.lost = self.hidden = np.zeros(0, bool)
 
     @single_threaded_blas  # small matrices: BLAS threads only spin (keygrid_ros/blas.py)
-    def __call__(self, points: np.ndarray, detections: np.ndarray) -> np.ndarray:
+    def __call__(self, points: np.ndarray, detections: np.ndarray, viewpoint: np.ndarray | None = None) -> np.ndarray:
         points = np.asarray(points, np.float64)
         detections = np.asarray(detections, np.float64)
         if points.ndim != 2 or points.shape[1] != 3 or len(points) < MIN_PATCH:
@@ -250,14 +260,17 @@ class KeypointTracker:
             self.lost = self.hidden = np.zeros(len(detections), bool)
             self._nodes = self._anchors = self._riders = None  # nodes are placed on the cloud the tracks start from
         elif self.config.method == 'cpd':
-            state = self._follow_garment(points, tree, detections)
+            state = self._follow_garment(points, tree, detections, viewpoint)
         else:
             state = self._follow(points, tree, detections)
         self._cloud, self._tree, self._state = points, tree, state
         return state.copy()
 
-    def _follow_garment(self, points: np.ndarray, tree: cKDTree, detections: np.ndarray) -> np.ndarray:
-        """``cpd``: move the garment's nodes onto the new cloud; each keypoint moves with its nodes."""
+    def _follow_garment(self, points: np.ndarray, tree: cKDTree, detections: np.ndarray,
+                        viewpoint: np.ndarray | None) -> np.ndarray:
+        """``cpd``: move the garment's nodes onto the new cloud; each keypoint moves with its nodes. With the
+        camera's ``viewpoint`` (3,) and ``visibility_margin``, nodes the camera cannot see claim no points; with
+        ``max_stretch``, no edge of the node graph ends longer than its limit (``cloth_prior``)."""
         config = self.config
         if self._nodes is None:
             self._place_nodes(self._cloud, self._state)
@@ -265,15 +278,21 @@ class KeypointTracker:
         # term makes large motions lag, and on flat cloth nothing pulls a lagging node back along the cloth.
         rotation, translation = self._whole_motion(points, tree)
         self._nodes = self._nodes @ rotation.T + translation
+        visibility = None
+        if viewpoint is not None and config.visibility_margin > 0:
+            visibility = node_visibility(self._nodes, points, viewpoint, config.visibility_margin)
         result = coherent_point_drift(self._nodes, points, config.smoothness, config.regularisation,
                                       config.outlier_weight, config.cpd_iterations, tree=tree,
-                                      balance=config.balance, anchors=self._anchors)
+                                      balance=config.balance, anchors=self._anchors, visibility=visibility)
         if not result.sigma <= config.max_residual:
             # The cloud is not the garment the nodes were on any more (a new garment, a jump): start again.
             self._place_nodes(points, detections)
             self.lost, self.hidden = np.ones(len(detections), bool), np.zeros(len(detections), bool)
             return detections.copy()
         self._nodes = result.nodes
+        if config.max_stretch > 0:
+            # A node that explains much of the cloud is where the data put it; one that sees nothing gives way.
+            self._nodes = limit_stretch(self._nodes, self._graph, config.max_stretch, 1.0 / (1.0 + result.matched))
         moved = self._ride()
         self.lost = np.zeros(len(moved), bool)
         # Informational: a keypoint whose cloth is not seen (the lower layer of a fold, from one camera) still
@@ -288,6 +307,7 @@ class KeypointTracker:
         """``cpd``: nodes spread over ``cloud`` (N, 3) by FPS, and ``keypoints`` (K, 3) attached to them."""
         self._nodes = cloud[fps_order(cloud, min(self.config.nodes, len(cloud)))]
         self._anchors = self._nodes.copy()
+        self._graph = cloth_graph(self._anchors) if self.config.max_stretch > 0 else None
         self._riders = self._attach(keypoints)
 
     def _whole_motion(self, points: np.ndarray, tree: cKDTree) -> tuple[np.ndarray, np.ndarray]:
