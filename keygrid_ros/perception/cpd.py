@@ -111,6 +111,7 @@ def coherent_point_drift(nodes: np.ndarray, points: np.ndarray, smoothness: floa
     tree = tree if tree is not None else cKDTree(points)
     M, N = len(nodes), len(points)
     prior = np.ones(M) if visibility is None else np.clip(np.asarray(visibility, np.float64), 0.0, 1.0)
+    visible = prior > 0.5  # (M,) the nodes the camera sees
     # With anchors, both distances are scaled by 1/√2: nodes whose distance on the cloth is their distance in
     # space (flat or bent, not folded onto each other) are then coupled exactly as by the plain kernel.
     coupled = nodes if anchors is None else np.hstack([nodes, np.asarray(anchors, np.float64)]) / np.sqrt(2)
@@ -129,7 +130,7 @@ def coherent_point_drift(nodes: np.ndarray, points: np.ndarray, smoothness: floa
         if balance > 0:
             # Which nodes take part in the shares, and the kernel's mass around each: fixed within the EM step.
             # A hidden node sees no point however near: its share is not the balance's to even out.
-            seen = (np.bincount(node_of, minlength=M) > 0) & (prior > 0.5)  # (M,)
+            seen = (np.bincount(node_of, minlength=M) > 0) & visible  # (M,)
             mass = factor @ (factor.T @ seen.astype(np.float64))  # (M,) G 1 over the seen nodes
             for _ in range(BALANCE_STEPS):
                 matched = responsibilities(kernel * factors[node_of], node_of, point_of, outlier, M, N)[1]
@@ -143,7 +144,7 @@ def coherent_point_drift(nodes: np.ndarray, points: np.ndarray, smoothness: floa
         # A hidden node observes itself where it was, as firmly as a typical seen node observes the cloud: the
         # field fitted to the seen nodes alone would otherwise extrapolate into the hidden cloth and throw it
         # anywhere (cloth under a fold thrown a metre). Neighbours still drag it, as cloth does.
-        hold = (1.0 - prior) * (matched[prior > 0.5].mean() if (prior > 0.5).any() else 0.0)  # (M,)
+        hold = (1.0 - prior) * (matched[visible].mean() if visible.any() else 0.0)  # (M,)
         fit_matched, fit_pulled = matched + hold, pulled + hold[:, None] * nodes
         # M-step, symmetric form: (U Uᵀ + C) W = d(P1)⁻¹ PX - Y with C = λσ² d(P1)⁻¹, by Woodbury:
         # W = C⁻¹R - C⁻¹U (I + Uᵀ C⁻¹ U)⁻¹ Uᵀ C⁻¹R. A node that sees no point has C⁻¹ = 0: no pull of its own,
