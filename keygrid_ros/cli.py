@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                        "name a model's keypoints after the ground-truth landmarks they track"),
     'export-model': ('keygrid_ros.model.export_cli',
                      'copy a model file with its weights stored in float16 (half the size) or float32'),
+    'compare': ('keygrid_ros.train.compare', "put several models' robustness sweeps side by side (PNG + table)"),
     'predict': ('keygrid_ros.train.predict_cli', 'write the keypoints of every frame of a sequence'),
     'viz': ('keygrid_ros.viz', 'draw keypoints over several frames (PNG) from an output bag or a predict file'),
     'bench': ('keygrid_ros.bench.cli', 'benchmarks: preprocess, model, node (medians in ms, --json)'),

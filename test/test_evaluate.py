@@ -260,3 +260,65 @@ def test_tracking_and_surface_sampling_are_reported_and_misuse_refused(files, ca
     assert 'without --tracking' in capsys.readouterr().err
     assert main(['evaluate', '--baseline', 'landmarks', '--data', str(files['fold']), '--tracking']) == 2
     assert 'do not apply' in capsys.readouterr().err
+
+
+@pytest.fixture(scope='module')
+def two_sweeps(files) -> dict[str, Path]:
+    """Robustness sweeps of two differently initialised tiny models on the fold file (the JSON files)."""
+    torch.manual_seed(1)
+    other = save_model(files['dir'] / 'other.safetensors', KeyGrid(TINY).eval(), keypoint_names=NAMES)
+    out = {}
+    for name, model in (('first', files['model']), ('second', other)):
+        out[name] = files['dir'] / f'sweep_{name}'
+        assert main(['evaluate', '--model', str(model), '--data', str(files['fold']), '--device', 'cpu',
+                     '--json', '--sweep', '--sweep-out', str(out[name])]) == 0
+    return {name: Path(f'{prefix}.json') for name, prefix in out.items()}
+
+
+def table_rows(markdown: str) -> dict[str, list[str]]:
+    lines = [line.strip('|').split('|') for line in markdown.strip().splitlines()]
+    header = [cell.strip() for cell in lines[0]]
+    return {cells[0].strip(): dict(zip(header, (c.strip() for c in cells))) for cells in lines[2:]}
+
+
+def test_compare_puts_each_sweeps_numbers_in_its_row_and_column(two_sweeps, files, tmp_path, capsys):
+    sweeps = {name: json.loads(path.read_text()) for name, path in two_sweeps.items()}
+    assert sweeps['first']['data'] == [str(files['fold'].resolve())]  # the sweep says what it scored
+    prefix = tmp_path / 'ablation'
+    assert main(['compare', str(two_sweeps['first']), str(two_sweeps['second']), '--labels', 'full', 'other',
+                 '--out', str(prefix)]) == 0
+    assert Path(f'{prefix}.png').stat().st_size > 10_000
+    rows = table_rows(Path(f'{prefix}.md').read_text())
+    assert list(rows) == ['full', 'other']
+    for label, name in (('full', 'first'), ('other', 'second')):
+        sweep, row = sweeps[name], rows[label]
+        assert float(row['clean DAS (B)']) == pytest.approx(sweep['clean']['das_correspondence'], abs=0.05)
+        assert float(row['fold']) == pytest.approx(sweep['clean']['by_motion']['fold']['das'], abs=0.05)
+        for entry in sweep['noise']:
+            assert float(row[f'noise {entry["sigma"]:g}']) == pytest.approx(entry['das_correspondence'], abs=0.05)
+        assert float(row['128 points']) == pytest.approx(sweep['points'][0]['das_correspondence'], abs=0.05)
+        assert float(row['SE(3)']) == pytest.approx(sweep['se3']['das_correspondence'], abs=0.05)
+    assert 'full' in capsys.readouterr().out  # the table is printed too
+
+
+def test_compare_refuses_what_cannot_be_compared(two_sweeps, tmp_path, capsys):
+    first = json.loads(two_sweeps['first'].read_text())
+    other_data = tmp_path / 'other_data.json'
+    other_data.write_text(json.dumps({**first, 'data': ['/somewhere/else.npz']}))
+    fewer_levels = tmp_path / 'fewer_levels.json'
+    fewer_levels.write_text(json.dumps({**first, 'noise': first['noise'][:2]}))
+    broken = tmp_path / 'broken.json'
+    broken.write_text('{"clean": ')
+    not_a_sweep = tmp_path / 'report.json'
+    not_a_sweep.write_text(json.dumps({'das': 50.0}))
+    out = str(tmp_path / 'cmp')
+    for path, says in ((other_data, 'different data'), (fewer_levels, 'different levels'),
+                       (broken, 'not a readable JSON'), (not_a_sweep, "no 'clean' entry")):
+        assert main(['compare', str(two_sweeps['first']), str(path), '--out', out]) == 2
+        assert says in capsys.readouterr().err
+    assert not Path(f'{out}.png').exists()  # nothing half-written
+    # Asked for, sweeps over other levels are compared; the missing levels show as '-'.
+    assert main(['compare', str(two_sweeps['first']), str(fewer_levels), '--allow-mismatch', '--out', out]) == 0
+    assert table_rows(Path(f'{out}.md').read_text())['fewer_levels']['noise 0.08'] == '–'
+    assert main(['compare', str(two_sweeps['first']), str(two_sweeps['first']), '--out', out]) == 2  # same label
+    assert 'labels must differ' in capsys.readouterr().err

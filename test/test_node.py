@@ -332,3 +332,19 @@ def test_tracking_carries_keypoints_and_restarts_when_the_stream_jumps(monkeypat
     assert node.set_parameters({'tracking.enabled': False}) == (True, '')
     assert node.detector.tracker is None
     assert node.set_parameters({'tracking.patch_radius': 0.0})[0] is False
+
+
+def test_tracking_in_the_camera_frame_gets_one_warning(caplog):
+    with caplog.at_level(logging.WARNING):
+        node = DetectorNode({'tracking.enabled': True}, lambda *_: None, model=StubModel())
+    assert len([r for r in caplog.records if 'target_frame' in r.getMessage()]) == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        DetectorNode({'tracking.enabled': True, 'target_frame': 'table'}, lambda *_: None, model=StubModel())
+        DetectorNode({'target_frame': ''}, lambda *_: None, model=StubModel())  # no tracks, nothing to warn of
+        assert node.set_parameters({'smoothing': 0.5}) == (True, '')  # unrelated change: said once already
+    assert not [r for r in caplog.records if 'target_frame' in r.getMessage()]
+    with caplog.at_level(logging.WARNING):
+        other = DetectorNode({'target_frame': ''}, lambda *_: None, model=StubModel())
+        assert other.set_parameters({'tracking.enabled': True}) == (True, '')  # switched on at run time
+    assert len([r for r in caplog.records if 'target_frame' in r.getMessage()]) == 1

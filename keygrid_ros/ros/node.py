@@ -293,6 +293,7 @@ class DetectorNode:
         if merged['model_type'] == 'useek' and merged['canonicalize'] != 'none':
             self.logger.warning(f"canonicalize: {merged['canonicalize']} is ignored for model_type useek: the "
                                 'student is SE(3)-invariant already')
+        self._warn_if_tracks_ride_the_camera(merged)
         if warmup:
             try:
                 ms = self.detector.warmup()
@@ -361,7 +362,16 @@ class DetectorNode:
                                     tracking=TrackerConfig.from_params(self.values))
         if clean:
             self.logger.info('parameters updated: ' + ', '.join(f'{k}={v!r}' for k, v in clean.items()))
+            if {'tracking.enabled', 'target_frame'} & set(clean):
+                self._warn_if_tracks_ride_the_camera(self.values)
         return True, ''
+
+    def _warn_if_tracks_ride_the_camera(self, values: Mapping[str, Any]) -> None:
+        """Tracks live in the target frame: in the camera's own frame a moving camera moves every track."""
+        if values['tracking.enabled'] and not values['target_frame'].strip('/'):
+            self.logger.warning('tracking.enabled with an empty target_frame: tracks are kept in the cloud\'s '
+                                '(camera) frame and hold only while the camera stays still; set target_frame to a '
+                                'world-fixed frame (base_link of a fixed robot, a table or world frame)')
 
     # -------------------------------------------------------------------------------------------- input
     def on_cloud(self, cloud: Any) -> None:

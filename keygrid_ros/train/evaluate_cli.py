@@ -181,7 +181,10 @@ def detector_report(args: argparse.Namespace, keypoint_fn, trained_points: int, 
         prefix = Path(args.sweep_out)
         plot = evaluate.plot_sweep(sweep, prefix.with_name(prefix.name + '.png'), title=Path(label).name)
         sweep_json = prefix.with_name(prefix.name + '.json')
-        sweep_json.write_text(json.dumps(json.loads(evaluate.to_json({'model': label, **sweep})), indent=1) + '\n')
+        # The data travels with the numbers: keygrid compare refuses sweeps scored on different files.
+        described = {'model': label, 'keypoints': args.keypoints,
+                     'data': sorted(str(Path(p).resolve()) for p in args.data), **sweep}
+        sweep_json.write_text(json.dumps(json.loads(evaluate.to_json(described)), indent=1) + '\n')
         report.update(robustness=sweep, plot=str(plot), robustness_json=str(sweep_json))
     return report
 
