@@ -94,6 +94,11 @@ def test_config_defaults_overrides_and_errors(tmp_path):
         load_config(path, ['model.grid=3'])
     with pytest.raises(ValueError, match='optimizer'):
         load_config(path, ['optimizer=sgd'])
+    # 'off', as the config file documents it, is false to YAML 1.1: on the command line and in the file.
+    assert load_config(path, ['amp=off']).amp == 'off'
+    assert load_config(write_yaml(tmp_path / 'fp32.yaml', {'amp': False}), []).amp == 'off'
+    with pytest.raises(ValueError, match='amp'):
+        load_config(path, ['amp=on'])
 
 
 def test_frame_stride_trains_on_every_nth_frame_and_validates_on_all(data_dir, tmp_path):

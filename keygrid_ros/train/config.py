@@ -140,6 +140,8 @@ def portable_path(path: str | Path) -> str:
 def check_run_settings(config: Any) -> None:
     """The checks every training-like run shares (``keygrid train`` and ``keygrid distill``): mixed precision,
     batch size and epochs, the validation fraction, the point sampling and the frame stride."""
+    if config.amp is False:  # YAML 1.1 reads the documented ``amp: off`` (and ``amp=off``) as false
+        config.amp = 'off'
     if config.amp not in ('bf16', 'fp16', 'off'):
         raise ValueError(f"amp must be 'bf16', 'fp16' or 'off', got {config.amp!r}")
     if config.batch_size < 1 or config.epochs < 1:
