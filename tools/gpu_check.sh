@@ -24,16 +24,16 @@ mkdir -p "$(dirname "$exclude")"
 
 case "$what" in
 prepare)
-  grep -qx '/.gpu/' "$exclude" 2>/dev/null || echo '/.gpu/' >> "$exclude"
-  rm -rf .gpu && mkdir -p .gpu/pkgs .gpu/data/train .gpu/data/val
-  python3 -m pip download --quiet --no-deps --no-binary :all: -d .gpu/pkgs \
-    "$(grep -E '^fpsample==' constraints.txt)"
   data=${DATA:-out/dataset_medium}
   if [ ! -d "$data/train" ] || [ ! -d "$data/val" ]; then
     echo "no $data/train and $data/val: run keygrid simulate --split-config config/split_medium.yaml --out" \
       "out/dataset_medium first, or set DATA" >&2
     exit 2
   fi
+  grep -qx '/.gpu/' "$exclude" 2>/dev/null || echo '/.gpu/' >> "$exclude"
+  rm -rf .gpu && mkdir -p .gpu/pkgs .gpu/data/train .gpu/data/val
+  python3 -m pip download --quiet --no-deps --no-binary :all: -d .gpu/pkgs \
+    "$(grep -E '^fpsample==' constraints.txt)"
   cp "$data"/train/tshirt_*.npz .gpu/data/train/
   cp "$data"/val/tshirt_drop_10000.npz "$data"/val/tshirt_drag_10000.npz "$data"/val/tshirt_fold_10000.npz \
     .gpu/data/val/
