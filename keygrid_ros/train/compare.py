@@ -20,6 +20,8 @@ from pathlib import Path
 import sys
 from typing import Any
 
+#: The simulator's motions in the order the paper's tables give them; other names follow alphabetically.
+MOTION_ORDER = ('drop', 'drag', 'fold')
 METRICS = {'das_correspondence': 'DAS (B)', 'das_reference_frame': 'DAS (A)', 'coverage': 'coverage'}
 
 
@@ -70,7 +72,8 @@ def sweep_table(sweeps: dict[str, dict[str, Any]], metric: str = 'das_correspond
     """A markdown table: one row per model; clean, per motion (clean), every noise level, every point count and
     SE(3) in ``metric``."""
     sigmas, counts, se3 = levels(next(iter(sweeps.values())))
-    motions = sorted({m for s in sweeps.values() for m in (s['clean'].get('by_motion') or {})})
+    found = {m for s in sweeps.values() for m in (s['clean'].get('by_motion') or {})}
+    motions = [m for m in MOTION_ORDER if m in found] + sorted(found - set(MOTION_ORDER))
     header = ['model', f'clean {METRICS[metric]}', *motions, *(f'noise {s:g}' for s in sigmas),
               *(f'{n} points' for n in counts), *(['SE(3)'] if se3 else [])]
     rows = []
