@@ -53,11 +53,12 @@ def levels(sweep: dict[str, Any]) -> tuple[tuple[float, ...], tuple[int, ...], b
 def check_comparable(sweeps: dict[str, dict[str, Any]]) -> None:
     """Raise :class:`SweepFileError` unless every sweep has the same levels and was scored on the same data."""
     first_label, first = next(iter(sweeps.items()))
+    first_levels, first_data = levels(first), set(first.get('data') or ())
     for label, sweep in sweeps.items():
-        if levels(sweep) != levels(first):
+        if levels(sweep) != first_levels:
             raise SweepFileError(f'{label!r} and {first_label!r} were swept over different levels '
-                                 f'({levels(sweep)} against {levels(first)})')
-        if set(sweep.get('data') or ()) != set(first.get('data') or ()):
+                                 f'({levels(sweep)} against {first_levels})')
+        if set(sweep.get('data') or ()) != first_data:
             raise SweepFileError(f'{label!r} and {first_label!r} were scored on different data')
 
 
@@ -92,32 +93,10 @@ def sweep_table(sweeps: dict[str, dict[str, Any]], metric: str = 'das_correspond
 
 def plot_sweeps(sweeps: dict[str, dict[str, Any]], path: str | Path, metric: str = 'das_correspondence') -> Path:
     """PNG: ``metric`` against noise sigma and against input points, one line per model; clean and SE(3) bars."""
-    import numpy as np
+    from .evaluate import plot_sweep_lines
 
-    from ..plotting import pyplot, save_figure
-
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), gridspec_kw={'width_ratios': [3, 3, 2]})
-    top = 1.02 if metric == 'coverage' else 102
-    width = 0.8 / len(sweeps)
-    for i, (label, sweep) in enumerate(sweeps.items()):
-        clean = sweep['clean'].get(metric)
-        sigmas = [0.0] + [e['sigma'] for e in sweep['noise']]
-        axes[0].plot(sigmas, [clean] + [e.get(metric) for e in sweep['noise']], 'o-', label=label)
-        counts = [sweep.get('clean_points', 2048)] + [e['points'] for e in sweep['points']]
-        # Evenly spaced positions: the levels halve each time.
-        axes[1].plot(np.arange(len(counts)), [clean] + [e.get(metric) for e in sweep['points']], 'o-', label=label)
-        axes[1].set_xticks(np.arange(len(counts)), labels=[str(n) for n in counts])
-        se3 = (sweep.get('se3') or {}).get(metric)
-        axes[2].bar(np.arange(2) - 0.4 + width * (i + 0.5), [clean or 0.0, se3 or 0.0], width=width, label=label)
-    axes[0].set(xlabel='Gaussian noise sigma (normalised units)', ylabel=METRICS[metric], ylim=(0, top))
-    axes[1].set(xlabel='input points (FPS downsampling)', ylabel=METRICS[metric], ylim=(0, top))
-    axes[2].set_xticks(np.arange(2), labels=['clean', 'SE(3)'])
-    axes[2].set(ylim=(0, top))
-    axes[0].legend(loc='lower left', fontsize='small')
-    for ax in axes[:2]:
-        ax.grid(alpha=0.3)
-    return save_figure(fig, path, dpi=120)
+    lines = [(label, sweep, metric, 'o-') for label, sweep in sweeps.items()]
+    return plot_sweep_lines(lines, path, METRICS[metric], top=1.02 if metric == 'coverage' else 102.0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -396,32 +396,40 @@ def robustness_sweep(
 
 def plot_sweep(sweep: dict[str, Any], path: str | Path, title: str = '') -> Path:
     """PNG: DAS (both protocols) against noise sigma, against input points, and clean vs SE(3)."""
+    lines = [('DAS B (correspondence)', sweep, 'das_correspondence', 'o-'),
+             ('DAS A (reference frame)', sweep, 'das_reference_frame', 's--')]
+    return plot_sweep_lines(lines, path, 'DAS', title=title)
+
+
+def plot_sweep_lines(lines: Sequence[tuple[str, dict[str, Any], str, str]], path: str | Path, ylabel: str,
+                     top: float = 102.0, title: str = '') -> Path:
+    """PNG of robustness sweeps, one line per ``(label, sweep, key, style)``: ``sweep``'s ``key`` against noise
+    sigma and against input points, and bars for clean vs SE(3) (the panel is left empty when no sweep has SE(3)).
+    One sweep in two protocols (:func:`plot_sweep`) or several models in one (``keygrid compare``)."""
     from ..plotting import pyplot, save_figure
 
     plt = pyplot()
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), gridspec_kw={'width_ratios': [3, 3, 1.6]})
-    clean = sweep['clean']
-    styles = (('das_correspondence', 'DAS B (correspondence)', 'o-'),
-              ('das_reference_frame', 'DAS A (reference frame)', 's--'))
-    counts = [sweep.get('clean_points', 2048)] + [e['points'] for e in sweep['points']]
-    positions = np.arange(len(counts))  # evenly spaced: the levels halve each time
-    for key, label, style in styles:
-        axes[0].plot([0.0] + [e['sigma'] for e in sweep['noise']], [clean[key]] + [e[key] for e in sweep['noise']],
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), gridspec_kw={'width_ratios': [3, 3, 2]})
+    width = 0.8 / len(lines)
+    for i, (label, sweep, key, style) in enumerate(lines):
+        clean = sweep['clean'].get(key)
+        axes[0].plot([0.0] + [e['sigma'] for e in sweep['noise']], [clean] + [e.get(key) for e in sweep['noise']],
                      style, label=label)
-        axes[1].plot(positions, [clean[key]] + [e[key] for e in sweep['points']], style, label=label)
-    axes[0].set(xlabel='Gaussian noise sigma (normalised units)', ylabel='DAS', ylim=(0, 102))
-    axes[1].set(xlabel='input points (FPS downsampling)', ylabel='DAS', ylim=(0, 102))
-    axes[1].set_xticks(positions, labels=[str(n) for n in counts])
-    if 'se3' in sweep:
-        x = np.arange(2)
-        for offset, (key, label, _) in zip((-0.2, 0.2), styles):
-            axes[2].bar(x + offset, [clean[key], sweep['se3'][key]], width=0.4, label=label)
-        axes[2].set_xticks(x, labels=['clean', 'SE(3)'])
-        axes[2].set(ylim=(0, 102))
+        counts = [sweep.get('clean_points', 2048)] + [e['points'] for e in sweep['points']]
+        positions = np.arange(len(counts))  # evenly spaced: the levels halve each time
+        axes[1].plot(positions, [clean] + [e.get(key) for e in sweep['points']], style, label=label)
+        axes[1].set_xticks(positions, labels=[str(n) for n in counts])
+        if isinstance(sweep.get('se3'), dict):
+            axes[2].bar(np.arange(2) - 0.4 + width * (i + 0.5), [clean or 0.0, sweep['se3'].get(key) or 0.0],
+                        width=width, label=label)
+    axes[0].set(xlabel='Gaussian noise sigma (normalised units)', ylabel=ylabel, ylim=(0, top))
+    axes[1].set(xlabel='input points (FPS downsampling)', ylabel=ylabel, ylim=(0, top))
+    if any(isinstance(sweep.get('se3'), dict) for _, sweep, _, _ in lines):
+        axes[2].set_xticks(np.arange(2), labels=['clean', 'SE(3)'])
+        axes[2].set(ylim=(0, top))
     else:
         axes[2].axis('off')
-    axes[0].legend(loc='lower left')
+    axes[0].legend(loc='lower left', fontsize='small')
     for ax in axes[:2]:
         ax.grid(alpha=0.3)
     if title:
