@@ -5,7 +5,9 @@ own simulator and virtual depth camera: a T-shirt of a held-out size folded in h
 above by a 160x120 depth camera, with ``/tf_static``. The demo replays it through the same node logic the live
 node runs (``keygrid detect --bag`` with ``data/samples/tshirt_fold.yaml``), writes the output bag, draws a
 strip of frames with the keypoints and skeleton (``keygrid viz``) and prints one summary line: frames
-processed, in how many a garment was found, the median latency per frame.
+processed, in how many a garment was found, the median latency per frame. The sample comes with the simulated
+mesh of every frame, so the demo also scores the keypoints it published, as ``keygrid evaluate --detections``
+does: DAS (protocol B) and coverage on this one fold.
 
 Everything goes to ``--out`` (default ``out/demo``); the previous demo's output bag there is replaced.
 """
@@ -21,6 +23,7 @@ import sys
 
 SAMPLE_BAG = 'data/samples/tshirt_fold'
 SAMPLE_PARAMS = 'data/samples/tshirt_fold.yaml'
+SAMPLE_TRUTH = 'data/samples/tshirt_fold_mesh.npz'
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,16 +68,36 @@ def run(args: argparse.Namespace) -> int:
                  f'({summary.detected}/{summary.clouds} frames with a garment)')
         picture = draw_strip(choose(views, args.frames), out / 'keypoints.png', title)
     median = result['median_ms'].get('total')
+    score = score_against_sample(out_bag) if views else None
     line = {'frames': summary.clouds, 'garment_found': summary.detected,
             'median_ms': median, 'model_ms': result['median_ms'].get('model'), 'bag': str(out_bag),
-            'picture': str(picture) if picture else None, 'reasons': result['reasons']}
+            'picture': str(picture) if picture else None, 'reasons': result['reasons'],
+            'das': round(score['das'], 1) if score else None,
+            'coverage': round(score['coverage'], 3) if score else None}
     (out / 'summary.json').write_text(json.dumps({**result, **line}, indent=1, sort_keys=True) + '\n')
     latency = f'median {median:.0f} ms per frame' if median is not None else 'no latency (nothing found)'
     print(f'{summary.clouds} frames processed, garment found in {summary.detected}, {latency}')
     for reason, count in summary.reasons.items():
         print(f'  {count} x {reason}')
+    if score:
+        print(f'keypoint consistency on this fold: DAS {score["das"]:.1f} (protocol B), coverage '
+              f'{score["coverage"]:.2f}, against the simulated mesh ({score["scored"]} frames; '
+              f'keygrid evaluate --detections {out_bag} --data {SAMPLE_TRUTH})')
     print(f'output bag: {out_bag}')
     if picture:
         print(f'picture:    {picture}')
     print(json.dumps(line, sort_keys=True))
     return 0 if summary.detected else 1
+
+
+def score_against_sample(out_bag: Path) -> dict | None:
+    """DAS of the published keypoints against the sample's simulated mesh, or None (with a warning) when they
+    cannot be scored (the sample's ground truth missing, or keypoints in another frame than the mesh's)."""
+    from keygrid_ros.ros.node import NodeStartupError, resolve_share_file
+    from keygrid_ros.train.detection_scoring import DetectionMatchError, score_detections
+
+    try:
+        return score_detections(out_bag, resolve_share_file(SAMPLE_TRUTH, what='sample ground truth'))
+    except (NodeStartupError, DetectionMatchError) as exc:
+        logging.getLogger('keygrid.demo').warning('keypoints not scored: %s', exc)
+        return None

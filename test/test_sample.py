@@ -20,6 +20,7 @@ from keygrid_ros.data.sequences import load_sequence
 from keygrid_ros.perception.cloud_io import bag_topics, iter_bag_messages, load_tf_static
 from keygrid_ros.perception.pointcloud2 import read_xyz
 from keygrid_ros.ros.bag_transport import run_bag
+from keygrid_ros.train.detection_scoring import score_detections
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / 'data' / 'samples' / 'tshirt_fold'
@@ -104,6 +105,45 @@ def test_cropped_points_are_the_garment_seen_by_the_camera(sample_run):
         assert np.mean(distance < 0.005) > 0.97  # the table is gone; what is left is cloth
 
 
+def brute_force_das(keypoints: np.ndarray, vertices: np.ndarray) -> float:
+    """Protocol B written out: ground truth = 8 vertices by farthest point sampling on the first frame
+    (from the vertex farthest from the centroid), followed by index; per keypoint (forward) and per
+    ground-truth point (backward), the share of ordered frame pairs whose nearest neighbour ids agree."""
+    first = vertices[0]
+    chosen = [int(np.argmax(np.linalg.norm(first - first.mean(axis=0), axis=1)))]
+    while len(chosen) < 8:
+        chosen.append(int(np.argmax(np.min([np.linalg.norm(first - first[c], axis=1) for c in chosen], axis=0))))
+    gt = vertices[:, chosen]  # (T, 8, 3)
+    T = len(keypoints)
+    forward = [[int(np.argmin(np.linalg.norm(gt[t] - k, axis=1))) for k in keypoints[t]] for t in range(T)]
+    backward = [[int(np.argmin(np.linalg.norm(keypoints[t] - g, axis=1))) for g in gt[t]] for t in range(T)]
+
+    def agreement(ids):
+        return np.mean([np.mean([ids[n][c] == ids[m][c] for n in range(T) for m in range(T)])
+                        for c in range(len(ids[0]))])
+
+    return 50.0 * (agreement(forward) + agreement(backward))
+
+
+def test_evaluate_detections_scores_the_node_on_the_sample_as_protocol_b_written_out(sample_run, capsys):
+    summary, out = sample_run
+    assert main(['evaluate', '--detections', str(out), '--data', str(MESH), '--json']) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    mesh = load_sequence(MESH)
+    frame_of_stamp = {s: i for i, s in enumerate(mesh.info['stamps_ns'])}
+    frames, keypoints = [], []
+    for _, _, msg, _ in iter_bag_messages(out, ['/keypoints']):
+        if msg.poses:
+            frames.append(frame_of_stamp[msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec])
+            keypoints.append([[p.position.x, p.position.y, p.position.z] for p in msg.poses])
+    assert report['scored'] == len(frames) == summary.detected and report['missed'] == 22 - summary.detected
+    expected = brute_force_das(np.array(keypoints), mesh.vertices[frames].astype(np.float64))
+    assert report['das'] == pytest.approx(expected, abs=1e-9)
+    # Regression guard for the default pipeline on this half fold (measured in session 19: DAS 64.3,
+    # coverage 0.66; a collapse would keep DAS (B) and lose the coverage).
+    assert report['das'] > 55 and report['coverage'] > 0.5
+
+
 def test_demo_runs_the_node_and_draws_the_keypoints(tmp_path, capsys):
     assert main(['demo', '--out', str(tmp_path)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -113,4 +153,7 @@ def test_demo_runs_the_node_and_draws_the_keypoints(tmp_path, capsys):
     assert Path(report['picture']).read_bytes()[:4] == b'\x89PNG'
     summary = json.loads((tmp_path / 'summary.json').read_text())
     assert summary['detected'] == report['garment_found']
+    # The demo scores what it published, as keygrid evaluate --detections does.
+    assert report['das'] == round(score_detections(tmp_path / 'detections', MESH)['das'], 1)
+    assert any(line.startswith('keypoint consistency on this fold: DAS ') for line in lines)
     assert main(['demo', '--out', str(tmp_path)]) == 0  # re-runnable: replaces its own output bag

@@ -5,6 +5,8 @@ protocols (``keygrid_ros.train.evaluate``): ``das`` = ``das_correspondence`` (pr
 against FPS vertices of the first frame tracked by index) and ``das_reference_frame`` (protocol A, SC3K), plus
 mIoU at 0.1 when the files have ground-truth keypoints. ``--noise``, ``--points`` and ``--se3`` perturb the
 input (robustness protocol); ``--sweep`` runs the paper's whole robustness sweep and writes a PNG and a JSON.
+``--detections OUT_BAG ... --data TRUTH.npz ...`` scores what the node published instead of a model
+(:mod:`keygrid_ros.train.detection_scoring`), adding ``scored`` and ``missed`` frame counts.
 
 With ``--json`` the last stdout line is one JSON object: ``das``, ``das_reference_frame``, ``das_correspondence``,
 ``das_forward``, ``das_backward``, ``miou``, ``frames``, ``coverage`` (per frame, the share of the ground-truth
@@ -35,10 +37,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the input point farthest along fixed direction k (the 8 cube corners for K = 8). "
                              "'landmarks': a perfect landmark tracker, K ground-truth landmarks of the file "
                              'tracked exactly (simulated files only; no perturbations)')
+    source.add_argument('--detections', nargs='+', metavar='BAG',
+                        help="score what the node published instead of a model: output bags of 'keygrid detect "
+                             "--bag' (or recordings of the node's markers or keypoints topic), each against the "
+                             "--data file at the same position, the meshes 'keygrid render --mesh-out' wrote for "
+                             'the bag the node ran on; frames are matched by stamp')
     parser.add_argument('--num-keypoints', type=int, default=8, help='K of --baseline (default 8)')
     add_keypoint_arguments(parser)
     parser.add_argument('--data', required=True, nargs='+', metavar='PATH',
-                        help='sequence files (.npz, Key-Grid .txt), OBJ frame folders, or folders of sequences')
+                        help='sequence files (.npz, Key-Grid .txt), OBJ frame folders, or folders of sequences; '
+                             'with --detections, one rendered ground-truth file per bag, in the same order')
     parser.add_argument('--json', action='store_true', help='print one JSON object as the last stdout line')
     parser.add_argument('--noise', type=float, default=0.0, metavar='SIGMA',
                         help='Gaussian noise on the input, sigma in normalised units (paper: 0.02-0.08)')
@@ -122,12 +130,14 @@ def run(args: argparse.Namespace) -> int:
     def say(message: str) -> None:
         print(message, file=sys.stderr if args.json else sys.stdout, flush=True)
 
-    if args.baseline == 'landmarks':
-        if args.noise or args.points or args.se3 or args.sweep or args.tracking or args.sampling != 'fps':
-            print('keygrid evaluate: --baseline landmarks reads the ground truth, so --noise, --points, --se3, '
-                  '--sampling, --tracking and --sweep do not apply to it', file=sys.stderr)
+    if args.baseline == 'landmarks' or args.detections:
+        what = '--detections scores keypoints already published' if args.detections else \
+            '--baseline landmarks reads the ground truth'
+        if inference_options(args):
+            print(f'keygrid evaluate: {what}, so {", ".join(inference_options(args))} do not apply to it',
+                  file=sys.stderr)
             return 2
-        compute = functools.partial(landmark_report, args, say)
+        compute = functools.partial(detections_report if args.detections else landmark_report, args, say)
     elif args.sweep and (args.tracking or args.sampling != 'fps'):
         print('keygrid evaluate: --sweep scores the perturbations one frame at a time on FPS samples; run it '
               'without --tracking and --sampling', file=sys.stderr)
@@ -199,6 +209,23 @@ def tracker_config(args: argparse.Namespace):
         return None
     given = {'patch_radius': args.tracking_radius, 'gate': args.tracking_gate}
     return TrackerConfig(**{k: v for k, v in given.items() if v is not None})
+
+
+def inference_options(args: argparse.Namespace) -> list[str]:
+    """The options given that change how a detector runs (meaningless where no detector runs)."""
+    given = {'--noise': args.noise, '--points': args.points, '--se3': args.se3, '--sweep': args.sweep,
+             '--tracking': args.tracking, '--sampling': args.sampling != 'fps',
+             '--keypoints': args.keypoints != 'file', '--canonicalize': args.canonicalize != 'none'}
+    return [option for option, is_given in given.items() if is_given]
+
+
+def detections_report(args: argparse.Namespace, say) -> dict:
+    """``--detections``: the node's published keypoints against rendered ground truth
+    (:mod:`keygrid_ros.train.detection_scoring`)."""
+    from .detection_scoring import evaluate_detections
+
+    report = evaluate_detections(args.detections, args.data, progress=say)
+    return {**report, 'model': 'detections', 'keypoints': 'published'}
 
 
 def landmark_report(args: argparse.Namespace, say) -> dict:
