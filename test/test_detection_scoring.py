@@ -152,6 +152,16 @@ def test_pairings_that_cannot_be_scored_are_refused_with_what_to_do(tmp_path, cl
         evaluate_detections([bag], [truth])
 
 
+def test_views_that_repeat_a_stamp_or_hold_nan_are_refused(tmp_path, cloth):
+    seq, truth, gt = cloth
+    views = frames_from_bag(write_bag(tmp_path / 'riding', [seq.vertices[t, gt] for t in range(T)]))
+    with pytest.raises(DetectionMatchError, match='share a stamp'):
+        match_detections(views + views[:1], seq)
+    views[2].keypoints[4] = np.nan
+    with pytest.raises(DetectionMatchError, match=f'non-finite keypoints .first at stamp {START_NS + 2 * PERIOD_NS}'):
+        match_detections(views, seq)
+
+
 def test_the_cli_scores_bags_and_refuses_what_does_not_apply(tmp_path, cloth, capsys):
     seq, truth, gt = cloth
     bag = write_bag(tmp_path / 'riding', [seq.vertices[t, gt] for t in range(T)])

@@ -44,8 +44,9 @@ def match_detections(views: Sequence, truth: MeshSequence, truth_name: str = 'gr
     (K, 3)). ``truth``: a sequence with ``info['stamps_ns']`` (T,) and, where known, ``info['frame_id']``.
     Returns the predictions of the matched frames, in frame order: ``keypoints`` (S, K, 3) in the
     ground truth's coordinates and ``vertex_indices`` (S, K), the mesh vertex nearest to each keypoint.
-    Raises :class:`DetectionMatchError` when the ground truth has no stamps, the keypoints are in another
-    frame, their count changes between messages, or no stamp matches.
+    Raises :class:`DetectionMatchError` when the ground truth has no stamps, a detection's stamp is not one of
+    its frames, the keypoints are in another frame or far from the garment, their count changes between
+    messages, two messages share a stamp, or a keypoint is not finite.
     """
     stamps = truth.info.get('stamps_ns')
     if stamps is None:
@@ -69,6 +70,11 @@ def match_detections(views: Sequence, truth: MeshSequence, truth_name: str = 'gr
     counts = sorted({len(v.keypoints) for v in matched})
     if len(counts) > 1:
         raise DetectionMatchError(f'the number of keypoints changes between messages ({counts}): one model per run')
+    if len({int(v.stamp_ns) for v in matched}) < len(matched):
+        raise DetectionMatchError('two keypoint messages share a stamp: score one run of the node at a time')
+    broken = [int(v.stamp_ns) for v in matched if not np.isfinite(np.asarray(v.keypoints, dtype=np.float64)).all()]
+    if broken:
+        raise DetectionMatchError(f'{len(broken)} messages hold non-finite keypoints (first at stamp {broken[0]} ns)')
     matched.sort(key=lambda v: frame_of[int(v.stamp_ns)])
     frames = np.array([frame_of[int(v.stamp_ns)] for v in matched], dtype=np.int64)  # (S,)
     keypoints = np.stack([np.asarray(v.keypoints, dtype=np.float64) for v in matched])  # (S, K, 3)
