@@ -54,9 +54,9 @@ def match_detections(views: Sequence, truth: MeshSequence, truth_name: str = 'gr
                                   '"keygrid render --mesh-out" wrote next to the bag the node was run on')
     frame_of = {int(stamp): i for i, stamp in enumerate(stamps)}
     truth_frame = truth.info.get('frame_id')
-    matched = [v for v in views if int(v.stamp_ns) in frame_of]
     if not views:
         raise DetectionMatchError('the bag holds no keypoints: the node found no garment in any frame')
+    matched = [v for v in views if int(v.stamp_ns) in frame_of]
     # Every output carries its input's stamp, so a detection at another stamp means another recording.
     if len(matched) < len(views):
         raise DetectionMatchError(
