@@ -173,5 +173,7 @@ def test_the_cli_scores_bags_and_refuses_what_does_not_apply(tmp_path, cloth, ca
     assert 'one ground-truth file per bag' in capsys.readouterr().err
     assert main(['evaluate', '--detections', str(bag), '--data', str(truth), '--tracking', '--noise', '0.02']) == 2
     assert '--noise, --tracking do not apply' in capsys.readouterr().err
+    assert main(['evaluate', '--detections', str(bag), '--data', str(truth), '--max-frames', '3']) == 2
+    assert '--max-frames do not apply' in capsys.readouterr().err
     assert main(['evaluate', '--detections', str(tmp_path / 'missing'), '--data', str(truth)]) == 2
     assert 'no such bag' in capsys.readouterr().err

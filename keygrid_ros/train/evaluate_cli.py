@@ -214,8 +214,10 @@ def tracker_config(args: argparse.Namespace):
 def inference_options(args: argparse.Namespace) -> list[str]:
     """The options given that change how a detector runs (meaningless where no detector runs)."""
     given = {'--noise': args.noise, '--points': args.points, '--se3': args.se3, '--sweep': args.sweep,
-             '--tracking': args.tracking, '--sampling': args.sampling != 'fps',
-             '--keypoints': args.keypoints != 'file', '--canonicalize': args.canonicalize != 'none'}
+             '--tracking': args.tracking, '--tracking-radius': args.tracking_radius is not None,
+             '--tracking-gate': args.tracking_gate is not None, '--sampling': args.sampling != 'fps',
+             '--keypoints': args.keypoints != 'file', '--canonicalize': args.canonicalize != 'none',
+             '--max-frames': args.max_frames is not None and bool(args.detections)}  # landmarks take --max-frames
     return [option for option, is_given in given.items() if is_given]
 
 
