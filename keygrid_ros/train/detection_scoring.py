@@ -25,6 +25,7 @@ import numpy as np
 from ..data.sequences import Sequence as MeshSequence
 from ..data.sequences import load_sequence
 from .evaluate import FramePredictions, score_sequence, summarize
+from .metrics import nearest_index
 
 #: Median distance (metres) from the node's keypoints to the ground-truth mesh above which the pairing is
 #: refused. The node's keypoints are points of the cloud it saw (or tracked cloth): on the bundled sample
@@ -79,9 +80,10 @@ def match_detections(views: Sequence, truth: MeshSequence, truth_name: str = 'gr
     frames = np.array([frame_of[int(v.stamp_ns)] for v in matched], dtype=np.int64)  # (S,)
     keypoints = np.stack([np.asarray(v.keypoints, dtype=np.float64) for v in matched])  # (S, K, 3)
     vertices = truth.vertices[frames].astype(np.float64)  # (S, V, 3)
-    squared = [((verts[None] - kps[:, None]) ** 2).sum(-1) for verts, kps in zip(vertices, keypoints)]  # (K, V)
-    nearest = np.stack([d.argmin(1) for d in squared])  # (S, K)
-    distance = float(np.median(np.sqrt(np.concatenate([d.min(1) for d in squared]))))
+    # Frame by frame: all frames at once would hold (S, K, V, 3) differences.
+    nearest = np.stack([nearest_index(kps[None], verts[None])[0] for verts, kps in zip(vertices, keypoints)])  # (S, K)
+    on_mesh = np.take_along_axis(vertices, nearest[..., None], axis=1)  # (S, K, 3)
+    distance = float(np.median(np.linalg.norm(keypoints - on_mesh, axis=-1)))
     if distance > MAX_MEDIAN_DISTANCE:
         raise DetectionMatchError(
             f'the keypoints lie {100 * distance:.0f} cm (median) from the garment of {truth_name}: is it the '

@@ -133,9 +133,9 @@ def run(args: argparse.Namespace) -> int:
     if args.baseline == 'landmarks' or args.detections:
         what = '--detections scores keypoints already published' if args.detections else \
             '--baseline landmarks reads the ground truth'
-        if inference_options(args):
-            print(f'keygrid evaluate: {what}, so {", ".join(inference_options(args))} do not apply to it',
-                  file=sys.stderr)
+        not_applying = inference_options(args)
+        if not_applying:
+            print(f'keygrid evaluate: {what}, so {", ".join(not_applying)} do not apply to it', file=sys.stderr)
             return 2
         compute = functools.partial(detections_report if args.detections else landmark_report, args, say)
     elif args.sweep and (args.tracking or args.sampling != 'fps'):
