@@ -301,6 +301,38 @@ def test_compare_puts_each_sweeps_numbers_in_its_row_and_column(two_sweeps, file
     assert 'full' in capsys.readouterr().out  # the table is printed too
 
 
+def test_compare_lines_sweeps_over_other_levels_up_by_level(two_sweeps, tmp_path, monkeypatch):
+    """Under --allow-mismatch the first sweep's levels must not decide the columns or the point-count axis."""
+    first = json.loads(two_sweeps['first'].read_text())
+    # A sweep over other point counts and only the lowest noise level, given first.
+    other = {**first, 'noise': first['noise'][:1],
+             'points': [{**e, 'points': 3 * e['points'], 'das_correspondence': 10.0 + i}
+                        for i, e in enumerate(first['points'])]}
+    other_path = tmp_path / 'other_levels.json'
+    other_path.write_text(json.dumps(other))
+    figures = []
+    monkeypatch.setattr('keygrid_ros.plotting.save_figure', lambda fig, path, dpi=110: figures.append(fig) or path)
+    out = tmp_path / 'cmp'
+    assert main(['compare', str(other_path), str(two_sweeps['first']), '--labels', 'other', 'first',
+                 '--allow-mismatch', '--out', str(out)]) == 0
+    rows = table_rows(Path(f'{out}.md').read_text())
+    for entry in first['noise'][1:]:  # levels only the second sweep has are columns too
+        level = f'noise {entry["sigma"]:g}'
+        assert rows['other'][level] == '–'
+        assert float(rows['first'][level]) == pytest.approx(entry['das_correspondence'], abs=0.05)
+    for i, entry in enumerate(other['points']):
+        assert float(rows['other'][f'{entry["points"]} points']) == pytest.approx(10.0 + i)
+        assert rows['first'][f'{entry["points"]} points'] == '–'
+    # Each line's points sit over the tick labelled with its own count.
+    points_axis = figures[0].axes[1]
+    ticks = dict(zip(points_axis.get_xticks(), (t.get_text() for t in points_axis.get_xticklabels())))
+    for line, sweep in zip(points_axis.get_lines(), (other, first)):
+        counts = [str(sweep.get('clean_points', 2048))] + [str(e['points']) for e in sweep['points']]
+        assert [ticks[x] for x in line.get_xdata()] == counts
+    labels = [int(t) for t in ticks.values()]
+    assert labels == sorted(labels, reverse=True)  # most points on the left, as before
+
+
 def test_compare_refuses_what_cannot_be_compared(two_sweeps, tmp_path, capsys):
     first = json.loads(two_sweeps['first'].read_text())
     other_data = tmp_path / 'other_data.json'

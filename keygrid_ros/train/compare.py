@@ -69,10 +69,20 @@ def _score(entry: dict[str, Any] | None, metric: str) -> str:
     return f'{value:.2f}' if metric == 'coverage' else f'{value:.1f}'
 
 
+def all_levels(sweeps: dict[str, dict[str, Any]]) -> tuple[tuple[float, ...], tuple[int, ...], bool]:
+    """Every noise sigma (rising) and point count (falling, as the sweep halves them) that any sweep has, and
+    whether any has SE(3): the columns of a comparison, so that under ``--allow-mismatch`` no sweep's level is
+    dropped because the first sweep lacks it."""
+    found = [levels(sweep) for sweep in sweeps.values()]
+    sigmas = sorted({s for f in found for s in f[0]})
+    counts = sorted({n for f in found for n in f[1]}, reverse=True)
+    return tuple(sigmas), tuple(counts), any(f[2] for f in found)
+
+
 def sweep_table(sweeps: dict[str, dict[str, Any]], metric: str = 'das_correspondence') -> str:
     """A markdown table: one row per model; clean, per motion (clean), every noise level, every point count and
-    SE(3) in ``metric``."""
-    sigmas, counts, se3 = levels(next(iter(sweeps.values())))
+    SE(3) in ``metric`` (the levels of all sweeps; a level a sweep lacks shows as '–')."""
+    sigmas, counts, se3 = all_levels(sweeps)
     found = {m for s in sweeps.values() for m in (s['clean'].get('by_motion') or {})}
     motions = [m for m in MOTION_ORDER if m in found] + sorted(found - set(MOTION_ORDER))
     header = ['model', f'clean {METRICS[metric]}', *motions, *(f'noise {s:g}' for s in sigmas),

@@ -401,6 +401,11 @@ def plot_sweep(sweep: dict[str, Any], path: str | Path, title: str = '') -> Path
     return plot_sweep_lines(lines, path, 'DAS', title=title)
 
 
+def point_counts(sweep: dict[str, Any]) -> list[int]:
+    """The input point counts of a sweep's clean run and of each of its ``points`` entries, in that order."""
+    return [sweep.get('clean_points', 2048)] + [e['points'] for e in sweep['points']]
+
+
 def plot_sweep_lines(lines: Sequence[tuple[str, dict[str, Any], str, str]], path: str | Path, ylabel: str,
                      top: float = 102.0, title: str = '') -> Path:
     """PNG of robustness sweeps, one line per ``(label, sweep, key, style)``: ``sweep``'s ``key`` against noise
@@ -411,18 +416,21 @@ def plot_sweep_lines(lines: Sequence[tuple[str, dict[str, Any], str, str]], path
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), gridspec_kw={'width_ratios': [3, 3, 2]})
     width = 0.8 / len(lines)
+    # One point-count axis for every line: evenly spaced (the levels halve each time), most points on the left,
+    # so that sweeps over different counts (keygrid compare --allow-mismatch) still line up by count.
+    all_counts = sorted({n for _, sweep, _, _ in lines for n in point_counts(sweep)}, reverse=True)
+    position = {n: i for i, n in enumerate(all_counts)}
     for i, (label, sweep, key, style) in enumerate(lines):
         clean = sweep['clean'].get(key)
         axes[0].plot([0.0] + [e['sigma'] for e in sweep['noise']], [clean] + [e.get(key) for e in sweep['noise']],
                      style, label=label)
-        counts = [sweep.get('clean_points', 2048)] + [e['points'] for e in sweep['points']]
-        positions = np.arange(len(counts))  # evenly spaced: the levels halve each time
-        axes[1].plot(positions, [clean] + [e.get(key) for e in sweep['points']], style, label=label)
-        axes[1].set_xticks(positions, labels=[str(n) for n in counts])
+        axes[1].plot([position[n] for n in point_counts(sweep)], [clean] + [e.get(key) for e in sweep['points']],
+                     style, label=label)
         if isinstance(sweep.get('se3'), dict):
             axes[2].bar(np.arange(2) - 0.4 + width * (i + 0.5), [clean or 0.0, sweep['se3'].get(key) or 0.0],
                         width=width, label=label)
     axes[0].set(xlabel='Gaussian noise sigma (normalised units)', ylabel=ylabel, ylim=(0, top))
+    axes[1].set_xticks(np.arange(len(all_counts)), labels=[str(n) for n in all_counts])
     axes[1].set(xlabel='input points (FPS downsampling)', ylabel=ylabel, ylim=(0, top))
     if any(isinstance(sweep.get('se3'), dict) for _, sweep, _, _ in lines):
         axes[2].set_xticks(np.arange(2), labels=['clean', 'SE(3)'])
