@@ -66,7 +66,34 @@ class Prediction(NamedTuple):
     strengths: Any  # (B, K(K-1)/2)
 
 
-class KeypointModel:
+class LoadedModel:
+    """What every loaded keypoint model offers besides ``predict``: subclasses set ``detector`` (with a ``hard``
+    flag), ``metadata`` (the file's) and define ``config`` (with ``num_keypoints``)."""
+
+    detector: Any
+    metadata: dict[str, Any]
+    config: Any
+
+    @property
+    def hard(self) -> bool:
+        return self.detector.hard
+
+    @property
+    def num_keypoints(self) -> int:
+        return self.config.num_keypoints
+
+    @property
+    def keypoint_names(self) -> list[str]:
+        return list(self.metadata['keypoint_names'])
+
+    @property
+    def segment_pairs(self) -> np.ndarray:
+        """``(K(K-1)/2, 2)`` keypoint index pairs, in the order of ``strengths``."""
+        K = self.num_keypoints
+        return torch.triu_indices(K, K, offset=1).t().numpy()
+
+
+class KeypointModel(LoadedModel):
     """A loaded Key-Grid encoder with its metadata; see the module docstring."""
 
     def __init__(self, detector: KeypointDetector, metadata: dict[str, Any], device: torch.device,
@@ -116,24 +143,6 @@ class KeypointModel:
     @property
     def config(self) -> KeyGridConfig:
         return self.detector.encoder.config
-
-    @property
-    def hard(self) -> bool:
-        return self.detector.hard
-
-    @property
-    def num_keypoints(self) -> int:
-        return self.config.num_keypoints
-
-    @property
-    def keypoint_names(self) -> list[str]:
-        return list(self.metadata['keypoint_names'])
-
-    @property
-    def segment_pairs(self) -> np.ndarray:
-        """``(K(K-1)/2, 2)`` keypoint index pairs, in the order of ``strengths``."""
-        K = self.num_keypoints
-        return torch.triu_indices(K, K, offset=1).t().numpy()
 
     def predict(self, points: np.ndarray | torch.Tensor) -> Prediction:
         """Normalised points (N, 3) or (B, N, 3) -> :class:`Prediction` with a batch axis."""

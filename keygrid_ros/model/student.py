@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .inference import Prediction, resolve_device
+from .inference import LoadedModel, Prediction, resolve_device
 from .io import (
     ModelFileError,
     checksum,
@@ -207,7 +207,7 @@ def _decode(path: Path, raw: dict[str, str]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------
 # the inference wrapper
 
-class StudentModel:
+class StudentModel(LoadedModel):
     """A loaded student with its metadata; the :class:`~keygrid_ros.model.inference.KeypointModel` surface."""
 
     model_type = MODEL_TYPE
@@ -245,25 +245,8 @@ class StudentModel:
         return self.detector.net.config
 
     @property
-    def hard(self) -> bool:
-        return self.detector.hard
-
-    @property
-    def num_keypoints(self) -> int:
-        return self.config.num_keypoints
-
-    @property
-    def keypoint_names(self) -> list[str]:
-        return list(self.metadata['keypoint_names'])
-
-    @property
     def teacher(self) -> dict[str, Any]:
         return dict(self.metadata['teacher'] or {})
-
-    @property
-    def segment_pairs(self) -> np.ndarray:
-        K = self.num_keypoints
-        return torch.triu_indices(K, K, offset=1).t().numpy()
 
     def predict(self, points: np.ndarray | torch.Tensor) -> Prediction:
         """Points (N, 3) or (B, N, 3) -> :class:`Prediction` with a batch axis (numpy in, numpy out)."""
