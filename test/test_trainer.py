@@ -138,6 +138,24 @@ def test_a_few_steps_lower_the_loss(data_dir, tmp_path, monkeypatch):
     assert list((result.run_dir / 'tb').glob('events.out.tfevents.*'))
 
 
+def test_no_similarity_ablation_differs_from_the_full_model_only_after_the_warm_up(data_dir, tmp_path):
+    """An ablation arm must change what it names and nothing else: with the same seed, the no-similarity-loss
+    model trains bit for bit like the full one through the warm-up (the farthest-point loss alone in both),
+    and parts from it at the first step with the similarity loss (``warmup_epochs`` is 1 here)."""
+
+    def encoder_after(epochs: int, use_similarity_loss: bool) -> dict[str, torch.Tensor]:
+        config = tiny_config(data_dir, tmp_path, epochs=epochs, val_every=0, val_fraction=0.0, seed=3,
+                             run_name=f'sim{int(use_similarity_loss)}_{epochs}')
+        config['model'] = {**TINY_MODEL, 'use_similarity_loss': use_similarity_loss}
+        model = trainer.train(TrainConfig(**config)).model
+        return {k: v.detach().clone() for k, v in model.encoder.state_dict().items()}
+
+    full, ablated = encoder_after(1, True), encoder_after(1, False)
+    assert all(torch.equal(full[k], ablated[k]) for k in full)
+    full, ablated = encoder_after(2, True), encoder_after(2, False)
+    assert not all(torch.equal(full[k], ablated[k]) for k in full)
+
+
 def test_best_model_is_chosen_by_das_scaled_down_for_collapse(data_dir, tmp_path, monkeypatch):
     """A validation whose keypoints pile up (coverage 0.2) must not win on its DAS (B) alone."""
     from keygrid_ros.model import read_metadata
