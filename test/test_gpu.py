@@ -38,9 +38,11 @@ def test_training_on_each_device_and_precision_exports_a_working_model(data_dir,
     original = trainer._train_step
 
     def recording_step(model, net, optimizer, scaler, points, *args):
+        scale = scaler.get_scale()  # 1.0 when the scaler is off
+        step = original(model, net, optimizer, scaler, points, *args)
         steps.append({'device': points.device.type, 'dtype': args[-2], 'scaler': scaler.is_enabled(),
-                      **original(model, net, optimizer, scaler, points, *args)})
-        return steps[-1]
+                      'scale_before': scale, 'scale_after': scaler.get_scale(), **step})
+        return step
 
     monkeypatch.setattr(trainer, '_train_step', recording_step)
     config = TrainConfig(**tiny_config(data_dir, tmp_path, device=device, amp=amp, epochs=2, val_every=1))
@@ -53,7 +55,16 @@ def test_training_on_each_device_and_precision_exports_a_working_model(data_dir,
         expected = None  # emulated bf16 would only be slower: such CPUs train in fp32
     assert {s['dtype'] for s in steps} == {expected}
     assert {s['scaler'] for s in steps} == {amp == 'fp16'}  # fp16 needs loss scaling; bf16 and fp32 do not
-    assert all(math.isfinite(s['loss']) and math.isfinite(s['grad_norm']) for s in steps)
+    assert all(math.isfinite(s['loss']) for s in steps)
+    overflowed = [s for s in steps if not math.isfinite(s['grad_norm'])]
+    if amp == 'fp16':
+        # fp16 gradients overflow at the scaler's first scale (2^16) until it has halved enough: the scaler
+        # must have skipped each such step and lowered its scale, and the steps after it must be finite.
+        # (An H200 run of this test failed here while it still asked every fp16 step for a finite norm.)
+        assert all(s['scale_after'] < s['scale_before'] for s in overflowed)
+        assert len(overflowed) < len(steps) and math.isfinite(steps[-1]['grad_norm'])
+    else:
+        assert not overflowed
     assert steps[-1]['sim'] > 0  # epoch 2 ran past the warm-up: the grid-heatmap decoder trained too
     assert result.last_das is not None and 0 <= result.last_das <= 100
     state = load_checkpoint(result.run_dir / 'checkpoint.pt')

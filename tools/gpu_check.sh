@@ -4,6 +4,7 @@
 #
 #   tools/gpu_check.sh prepare   # here, with network: .gpu/ gets what the GPU machine lacks (git ignores it)
 #   tools/gpu_check.sh measure   # there: GPU tests, `keygrid bench model`, training throughput -> $OUT
+#   tools/gpu_check.sh ablation  # there: the paper's Table 5 arms trained side by side on one GPU, scored
 #   tools/gpu_check.sh restore   # here, after `prepare --hide-models`: model files tracked again
 #
 # prepare: fpsample's source (built there with the machine's own compiler, pybind11 and scikit-build-core;
@@ -15,6 +16,13 @@
 # measure writes, under $OUT (default gpu_out/): env.json, pytest.log, bench.jsonl (`keygrid bench model`
 # on cuda), train.jsonl (the `keygrid train` summary of short runs: clouds/s at the released batch 8 in bf16
 # and fp32, and at batch 32), and each run's log.
+#
+# ablation trains the Table 5 arms (ARMS, default: full nogrid nosim nofps noenc; SEEDS, default 0) at once on
+# one GPU, each its own process, on the released schedule (EPOCHS=100 over every frame, STRIDE=1), validating every
+# VAL_EVERY=20 epochs, then scores each arm's last model on every held-out sequence with `keygrid evaluate`
+# (hard and snapped keypoints). $OUT gets ablation.jsonl (one line per arm, seed and keypoint mode, plus each
+# run's training summary) and ablation_logs.tar.gz (the training logs, metrics and evaluation JSONs).
+# EXTRA adds settings to every run (e.g. model.warmup_epochs=0); EVALUATE=0 skips the scoring (a speed probe).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 here=$(pwd)
@@ -35,8 +43,8 @@ prepare)
   python3 -m pip download --quiet --no-deps --no-binary :all: -d .gpu/pkgs \
     "$(grep -E '^fpsample==' constraints.txt)"
   cp "$data"/train/tshirt_*.npz .gpu/data/train/
-  cp "$data"/val/tshirt_drop_10000.npz "$data"/val/tshirt_drag_10000.npz "$data"/val/tshirt_fold_10000.npz \
-    .gpu/data/val/
+  # Every held-out sequence (the ablation scores all of them; measure validates on the seed-10000 three).
+  cp "$data"/val/tshirt_*.npz .gpu/data/val/
   if [ "${2:-}" = --hide-models ]; then
     git rm --quiet --cached models/*.safetensors
     for f in models/*.safetensors; do grep -qx "/$f" "$exclude" || echo "/$f" >> "$exclude"; done
@@ -78,12 +86,14 @@ EOF
       | tee -a "$out/bench.jsonl" || echo "bench $batches failed: see bench.err"
   done
   # Training throughput as a user gets it: the trainer's own clouds/s (steps only, last epoch), data
-  # loading included, on the released settings (batch 8, frames in temporal order, every frame).
+  # loading included, on the released settings (batch 8, frames in temporal order, every frame), with the
+  # similarity loss from the first step: the released warm-up runs no decoder for 21 epochs, and a 3-epoch
+  # run would time only that cheaper step, not the one 79 of the 100 epochs take.
   train() {
     name=$1; shift
     keygrid train --config config/train_keygrid.yaml "train=[$here/.gpu/data/train/*.npz]" \
-      "val=[$here/.gpu/data/val/*.npz]" device="$device" epochs=3 max_steps="${MAX_STEPS:-0}" val_every=3 progress=false \
-      out_dir=/tmp/keygrid_runs run_name="$name" "$@" > "$out/train_$name.log" 2>&1 || { echo "train $name failed: \
+      "val=[$here/.gpu/data/val/tshirt_*_10000.npz]" device="$device" epochs=3 max_steps="${MAX_STEPS:-0}" val_every=3 progress=false \
+      out_dir=/tmp/keygrid_runs run_name="$name" model.warmup_epochs=0 "$@" > "$out/train_$name.log" 2>&1 || { echo "train $name failed: \
 see train_$name.log"; return 0; }
     tail -1 "$out/train_$name.log" | python3 -c "import json, sys; d = json.loads(sys.stdin.read()); \
 print(json.dumps({'run': '$name', 'settings': '$*', **d}))" | tee -a "$out/train.jsonl" \
@@ -92,6 +102,63 @@ print(json.dumps({'run': '$name', 'settings': '$*', **d}))" | tee -a "$out/train
   train b8_bf16 amp=bf16
   train b8_fp32 amp=off tf32=false
   train b32_bf16 amp=bf16 batch_size=32 num_workers=4
+  ;;
+ablation)
+  device=${DEVICE:-cuda}
+  out=${OUT:-$here/gpu_out}
+  runs=/tmp/keygrid_ablation
+  mkdir -p "$out"
+  rm -rf "$runs" && mkdir -p "$runs"
+  site=/tmp/keygrid_site
+  python3 -c 'import fpsample' 2>/dev/null || python3 -m pip install --quiet --no-index --no-deps \
+    --no-build-isolation --target "$site" .gpu/pkgs/fpsample-*.tar.gz
+  export PYTHONPATH="$here:$site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+  keygrid() { python3 -m keygrid_ros.cli "$@"; }
+  arm_settings() {  # the model switches of one Table 5 arm
+    case $1 in
+      full) echo '' ;;
+      nogrid) echo model.use_grid_heatmap=false ;;
+      nosim) echo model.use_similarity_loss=false ;;
+      nofps) echo model.use_fps_loss=false ;;
+      noenc) echo model.use_encoder_info=false ;;
+      *) echo "unknown arm $1" >&2; return 2 ;;
+    esac
+  }
+  pids=()
+  for seed in ${SEEDS:-0}; do
+    for arm in ${ARMS:-full nogrid nosim nofps noenc}; do
+      settings=$(arm_settings "$arm")
+      # shellcheck disable=SC2086 - settings and EXTRA are zero or more words
+      keygrid train --config config/train_keygrid.yaml "train=[$here/.gpu/data/train/*.npz]" \
+        "val=[$here/.gpu/data/val/*.npz]" device="$device" epochs="${EPOCHS:-100}" frame_stride="${STRIDE:-1}" \
+        max_steps="${MAX_STEPS:-0}" val_every="${VAL_EVERY:-20}" threads="${THREADS:-2}" seed="$seed" \
+        progress=false out_dir="$runs" run_name="${arm}_s$seed" $settings ${EXTRA:-} > "$runs/${arm}_s$seed.log" 2>&1 &
+      pids+=($!)
+    done
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || echo "a training run failed (exit $?): see its log" >&2; done
+  score() {  # score() ARM SEED MODE: one JSON line for the arm's last model in that keypoint mode
+    run=$runs/${1}_s$2
+    OMP_NUM_THREADS=2 keygrid evaluate --model "$run/model_last.safetensors" --data "$here"/.gpu/data/val/tshirt_*.npz \
+      --keypoints "$3" --json --device "$device" > "$run.$3.json" 2> "$run.$3.err" || return 0
+    tail -1 "$run.$3.json" | python3 -c "import json, sys; d = json.loads(sys.stdin.read()); \
+print(json.dumps({'arm': '$1', 'seed': $2, 'keypoints': '$3', 'das': round(d['das'], 1), \
+'das_reference_frame': round(d['das_reference_frame'], 1), 'coverage': round(d['coverage'], 3), \
+'by_motion': {k: round(v['das'], 1) for k, v in sorted(d['by_motion'].items())}}))" >> "$out/ablation.jsonl"
+  }
+  pids=()
+  for seed in ${SEEDS:-0}; do
+    for arm in ${ARMS:-full nogrid nosim nofps noenc}; do
+      run=$runs/${arm}_s$seed
+      echo "{\"arm\": \"$arm\", \"seed\": $seed, \"train\": $(tail -1 "$run.log")}" >> "$out/ablation.jsonl"
+      [ -f "$run/model_last.safetensors" ] && [ "${EVALUATE:-1}" = 1 ] || continue
+      # All scorings at once: each is a short GPU pass and a longer CPU one (the DAS), and the machine has cores.
+      for mode in hard snapped; do score "$arm" "$seed" "$mode" & pids+=($!); done
+    done
+  done
+  for pid in "${pids[@]}"; do wait "$pid"; done
+  cat "$out/ablation.jsonl"
+  tar -czf "$out/ablation_logs.tar.gz" -C "$runs" --exclude='*.safetensors' --exclude='*.pt' --exclude=tb .
   ;;
 *)
   sed -n '2,20p' "$0"
