@@ -221,11 +221,20 @@ def test_export_needs_fps_ordered_input():
         export_detector(unordered, fps_ordered(1, 64))
 
 
-def test_bench_model_reports_the_contract_keys():
+def test_bench_model_reports_the_contract_keys_and_times_the_trainers_own_step(monkeypatch):
     import argparse
 
     from keygrid_ros.bench import model as bench
+    from keygrid_ros.train import trainer
 
+    calls = []
+    original = trainer._train_step
+
+    def recording_step(model, net, optimizer, scaler, points, indices, targets, similarity, *rest):
+        calls.append({'batch': points.shape[0], 'similarity': similarity, 'scaler': scaler.is_enabled()})
+        return original(model, net, optimizer, scaler, points, indices, targets, similarity, *rest)
+
+    monkeypatch.setattr(trainer, '_train_step', recording_step)
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     args = parser.parse_args(['--points', '128', '--repeats', '1', '--train-batch', '2', '--threads', '1'])
@@ -234,6 +243,9 @@ def test_bench_model_reports_the_contract_keys():
         assert key in result, key
     assert result['device'] == 'cpu' and result['params'] > 3e6 and result['threads'] == 1
     json.dumps(result)  # one JSON object
+    # The training figure is the trainer's step after the warm-up (decoder and similarity loss on), not a copy
+    # of it that could drift: 3 untimed steps and at least 3 timed ones.
+    assert len(calls) >= 6 and all(c == {'batch': 2, 'similarity': True, 'scaler': False} for c in calls)
 
 
 def test_float16_file_loads_as_float32_with_rounded_weights(tmp_path, trained_like_model):

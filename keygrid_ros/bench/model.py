@@ -1,8 +1,9 @@
 """``keygrid bench model``: Key-Grid inference (encoder only, as the node runs it) and a training step.
 
 Reported (milliseconds, medians with p90s): ``infer_b1_ms`` and ``infer_b32_ms`` (``--batch B`` adds
-``infer_bB_ms``), ``train_b8_ms`` (forward with reconstruction, both losses, backward,
-Adadelta step: the expensive, post-warm-up phase), ``peak_mem_mb``, ``params``, ``device``. Inputs are
+``infer_bB_ms``), ``train_b8_ms`` (the trainer's own step after the warm-up: forward with reconstruction
+under autocast, both losses in float32, backward, gradient norm, Adadelta step), ``peak_mem_mb``, ``params``,
+``device``. Inputs are
 synthetic garment-like clouds, normalised and farthest-point ordered like the node's.
 
 Timings on a shared machine are noisy: the medians are the numbers to quote, ``*_cpu_ms`` (process CPU
@@ -150,6 +151,9 @@ def record_memory(result: dict, baseline: float, device: torch.device) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     from keygrid_ros.model import KeyGrid, KeyGridConfig, KeypointDetector, resolve_device
+    from keygrid_ros.train.config import TrainConfig
+    from keygrid_ros.train.runtime import Distributed
+    from keygrid_ros.train.trainer import _train_step
 
     if args.compile is None:
         args.compile = args.model_type == 'keygrid'
@@ -210,16 +214,15 @@ def run(args: argparse.Namespace) -> dict:
             torch.cuda.reset_peak_memory_stats(device)
 
         train_dtype = train_autocast_dtype(result, args, device)
+        scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 and fp32 need no loss scaling
+        train_config = TrainConfig()  # released settings: no gradient clipping, no extra losses
 
-        def step():  # as the trainer's step: forward and losses under autocast, backward and update outside
-            with torch.autocast(device.type, dtype=train_dtype or torch.float32, enabled=train_dtype is not None):
-                output = model(x, reconstruct=True)
-                losses = model.losses(x, output)
-            optimizer.zero_grad(set_to_none=True)
-            losses['loss'].backward()
-            optimizer.step()
+        def step():  # the trainer's own step: forward under autocast, float32 losses, backward, norm, update
+            _train_step(model, model, optimizer, scaler, x, None, None, True, train_config, train_dtype,
+                        Distributed())
 
-        timing = _time(step, device, max(3, args.repeats // 3), warmup=1)
+        # Three untimed steps: a GPU's first ones pick kernels and grow the caching allocator.
+        timing = _time(step, device, max(3, args.repeats // 3), warmup=3)
         record_timing(result, f'train_b{args.train_batch}', timing, device)
 
     record_memory(result, baseline, device)
