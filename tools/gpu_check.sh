@@ -22,11 +22,13 @@
 # VAL_EVERY=20 epochs, then scores each arm's last model on every held-out sequence with `keygrid evaluate`
 # (hard and snapped keypoints). $OUT gets ablation.jsonl (one line per arm, seed and keypoint mode, plus each
 # run's training summary) and ablation_logs.tar.gz (the training logs, metrics and evaluation JSONs).
-# EXTRA adds settings to every run (e.g. model.warmup_epochs=0); EVALUATE=0 skips the scoring (a speed probe).
+# EXTRA adds settings to every run (e.g. model.warmup_epochs=0); EVALUATE=0 skips the scoring (a speed probe);
+# RUNS is the run folder (default /tmp/keygrid_ablation, emptied first). test/test_gpu_check.py dry-runs it on a CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 here=$(pwd)
 what=${1:-}
+kit=${KIT:-$here/.gpu}  # what prepare made: data/train, data/val, pkgs (another folder of that layout: KIT=...)
 exclude=$(git rev-parse --git-path info/exclude)
 mkdir -p "$(dirname "$exclude")"
 
@@ -65,7 +67,7 @@ measure)
   site=/tmp/keygrid_site
   rm -rf /tmp/keygrid_runs  # a warm machine keeps the last call's runs; these are fresh ones
   python3 -c 'import fpsample' 2>/dev/null || python3 -m pip install --quiet --no-index --no-deps \
-    --no-build-isolation --target "$site" .gpu/pkgs/fpsample-*.tar.gz
+    --no-build-isolation --target "$site" "$kit"/pkgs/fpsample-*.tar.gz
   export PYTHONPATH="$here:$site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
   keygrid() { python3 -m keygrid_ros.cli "$@"; }
   python3 - > "$out/env.json" <<'EOF'
@@ -91,8 +93,8 @@ EOF
   # run would time only that cheaper step, not the one 79 of the 100 epochs take.
   train() {
     name=$1; shift
-    keygrid train --config config/train_keygrid.yaml "train=[$here/.gpu/data/train/*.npz]" \
-      "val=[$here/.gpu/data/val/tshirt_*_10000.npz]" device="$device" epochs=3 max_steps="${MAX_STEPS:-0}" val_every=3 progress=false \
+    keygrid train --config config/train_keygrid.yaml "train=[$kit/data/train/*.npz]" \
+      "val=[$kit/data/val/tshirt_*_10000.npz]" device="$device" epochs=3 max_steps="${MAX_STEPS:-0}" val_every=3 progress=false \
       out_dir=/tmp/keygrid_runs run_name="$name" model.warmup_epochs=0 "$@" > "$out/train_$name.log" 2>&1 || { echo "train $name failed: \
 see train_$name.log"; return 0; }
     tail -1 "$out/train_$name.log" | python3 -c "import json, sys; d = json.loads(sys.stdin.read()); \
@@ -106,12 +108,12 @@ print(json.dumps({'run': '$name', 'settings': '$*', **d}))" | tee -a "$out/train
 ablation)
   device=${DEVICE:-cuda}
   out=${OUT:-$here/gpu_out}
-  runs=/tmp/keygrid_ablation
+  runs=${RUNS:-/tmp/keygrid_ablation}
   mkdir -p "$out"
   rm -rf "$runs" && mkdir -p "$runs"
   site=/tmp/keygrid_site
   python3 -c 'import fpsample' 2>/dev/null || python3 -m pip install --quiet --no-index --no-deps \
-    --no-build-isolation --target "$site" .gpu/pkgs/fpsample-*.tar.gz
+    --no-build-isolation --target "$site" "$kit"/pkgs/fpsample-*.tar.gz
   export PYTHONPATH="$here:$site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
   keygrid() { python3 -m keygrid_ros.cli "$@"; }
   arm_settings() {  # the model switches of one Table 5 arm
@@ -129,8 +131,8 @@ ablation)
     for arm in ${ARMS:-full nogrid nosim nofps noenc}; do
       settings=$(arm_settings "$arm")
       # shellcheck disable=SC2086 - settings and EXTRA are zero or more words
-      keygrid train --config config/train_keygrid.yaml "train=[$here/.gpu/data/train/*.npz]" \
-        "val=[$here/.gpu/data/val/*.npz]" device="$device" epochs="${EPOCHS:-100}" frame_stride="${STRIDE:-1}" \
+      keygrid train --config config/train_keygrid.yaml "train=[$kit/data/train/*.npz]" \
+        "val=[$kit/data/val/*.npz]" device="$device" epochs="${EPOCHS:-100}" frame_stride="${STRIDE:-1}" \
         max_steps="${MAX_STEPS:-0}" val_every="${VAL_EVERY:-20}" threads="${THREADS:-2}" seed="$seed" \
         progress=false out_dir="$runs" run_name="${arm}_s$seed" $settings ${EXTRA:-} > "$runs/${arm}_s$seed.log" 2>&1 &
       pids+=($!)
@@ -139,7 +141,7 @@ ablation)
   for pid in "${pids[@]}"; do wait "$pid" || echo "a training run failed (exit $?): see its log" >&2; done
   score() {  # score() ARM SEED MODE: one JSON line for the arm's last model in that keypoint mode
     run=$runs/${1}_s$2
-    OMP_NUM_THREADS=2 keygrid evaluate --model "$run/model_last.safetensors" --data "$here"/.gpu/data/val/tshirt_*.npz \
+    OMP_NUM_THREADS=2 keygrid evaluate --model "$run/model_last.safetensors" --data "$kit"/data/val/*.npz \
       --keypoints "$3" --json --device "$device" > "$run.$3.json" 2> "$run.$3.err" || return 0
     tail -1 "$run.$3.json" | python3 -c "import json, sys; d = json.loads(sys.stdin.read()); \
 print(json.dumps({'arm': '$1', 'seed': $2, 'keypoints': '$3', 'das': round(d['das'], 1), \
