@@ -335,8 +335,16 @@ def test_compare_lines_sweeps_over_other_levels_up_by_level(two_sweeps, tmp_path
 
 def test_compare_refuses_what_cannot_be_compared(two_sweeps, tmp_path, capsys):
     first = json.loads(two_sweeps['first'].read_text())
+    assert len(first['data_fingerprints']) == 1  # one file scored, known by its content
     other_data = tmp_path / 'other_data.json'
-    other_data.write_text(json.dumps({**first, 'data': ['/somewhere/else.npz']}))
+    other_data.write_text(json.dumps({**first, 'data_fingerprints': ['0123456789abcdef']}))
+    # Files written before fingerprints (data known by path alone): another path is other data.
+    old_elsewhere = tmp_path / 'old_elsewhere.json'
+    old_elsewhere.write_text(json.dumps({key: value for key, value in first.items() if key != 'data_fingerprints'}
+                                        | {'data': ['/somewhere/else.npz']}))
+    # The same data at another path (another machine's copy) is the same data.
+    copied = tmp_path / 'copied.json'
+    copied.write_text(json.dumps({**first, 'data': ['/another/machine/fold.npz']}))
     fewer_levels = tmp_path / 'fewer_levels.json'
     fewer_levels.write_text(json.dumps({**first, 'noise': first['noise'][:2]}))
     broken = tmp_path / 'broken.json'
@@ -344,11 +352,13 @@ def test_compare_refuses_what_cannot_be_compared(two_sweeps, tmp_path, capsys):
     not_a_sweep = tmp_path / 'report.json'
     not_a_sweep.write_text(json.dumps({'das': 50.0}))
     out = str(tmp_path / 'cmp')
-    for path, says in ((other_data, 'different data'), (fewer_levels, 'different levels'),
-                       (broken, 'not a readable JSON'), (not_a_sweep, "no 'clean' entry")):
+    for path, says in ((other_data, 'different data'), (old_elsewhere, 'different data'),
+                       (fewer_levels, 'different levels'), (broken, 'not a readable JSON'),
+                       (not_a_sweep, "no 'clean' entry")):
         assert main(['compare', str(two_sweeps['first']), str(path), '--out', out]) == 2
         assert says in capsys.readouterr().err
     assert not Path(f'{out}.png').exists()  # nothing half-written
+    assert main(['compare', str(two_sweeps['first']), str(copied), '--out', out]) == 0
     # Asked for, sweeps over other levels are compared; the missing levels show as '-'.
     assert main(['compare', str(two_sweeps['first']), str(fewer_levels), '--allow-mismatch', '--out', out]) == 0
     assert table_rows(Path(f'{out}.md').read_text())['fewer_levels']['noise 0.08'] == '–'

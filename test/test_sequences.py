@@ -9,6 +9,7 @@ from keygrid_ros.data.meshes import write_obj
 from keygrid_ros.data.sequences import (
     Sequence,
     SequenceFormatError,
+    fingerprint,
     load_keygrid_txt,
     load_npz,
     load_obj_frames,
@@ -38,6 +39,29 @@ def test_npz_round_trip_follows_the_contract(tmp_path, rng):
     assert np.array_equal(back.vertices, seq.vertices) and np.array_equal(back.faces, seq.faces)
     assert back.keypoint_names == ['a', 'b'] and back.info == {'seconds': 1.5} and back.motion == 'fold'
     assert not list(tmp_path.glob('sub/*.tmp*'))
+
+
+def test_fingerprint_follows_the_content_not_the_file(tmp_path, rng):
+    seq = _seq(rng)
+    first = fingerprint(seq)
+    assert len(first) == 16 and int(first, 16) >= 0
+    # The same data saved elsewhere, read back, or with other run notes in info is the same data.
+    copy = load_sequence(save_sequence(tmp_path / 'elsewhere' / 'copy.npz', seq))
+    assert fingerprint(copy) == first
+    assert fingerprint(Sequence(seq.vertices.copy(), seq.faces, 'tshirt', 'fold', seq.keypoints, ['a', 'b'],
+                                {'seconds': 99.0}, 'other.npz')) == first
+    # Anything scored changes it: one vertex by a micrometre, the faces, the labels, the ground truth.
+    moved = seq.vertices.copy()
+    moved[2, 7, 1] += 1e-6
+    changed = [Sequence(moved, seq.faces, 'tshirt', 'fold', seq.keypoints, ['a', 'b']),
+               Sequence(seq.vertices, seq.faces[::-1].copy(), 'tshirt', 'fold', seq.keypoints, ['a', 'b']),
+               Sequence(seq.vertices, None, 'tshirt', 'fold', seq.keypoints, ['a', 'b']),
+               Sequence(seq.vertices, seq.faces, 'pants', 'fold', seq.keypoints, ['a', 'b']),
+               Sequence(seq.vertices, seq.faces, 'tshirt', 'drag', seq.keypoints, ['a', 'b']),
+               Sequence(seq.vertices, seq.faces, 'tshirt', 'fold', None, None),
+               Sequence(seq.vertices, seq.faces, 'tshirt', 'fold', seq.keypoints, ['b', 'a'])]
+    prints = [fingerprint(c) for c in changed]
+    assert first not in prints and len(set(prints)) == len(prints)
 
 
 def test_npz_errors_name_the_file(tmp_path, rng):

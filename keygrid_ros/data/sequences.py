@@ -11,6 +11,7 @@ Every reader checks what it reads and raises :class:`SequenceFormatError` naming
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import hashlib
 import json
 from pathlib import Path
 import re
@@ -73,6 +74,22 @@ def _check_faces(faces: np.ndarray, num_vertices: int, source: str) -> np.ndarra
     if len(faces) and (faces.min() < 0 or faces.max() >= num_vertices):
         raise SequenceFormatError(f'{source}: face indices outside 0..{num_vertices - 1}')
     return faces.astype(np.int32, copy=False)
+
+
+def fingerprint(seq: Sequence) -> str:
+    """A short hash of what a sequence holds (vertices, faces, garment, motion, ground-truth keypoints), not of
+    where it lies or of its free-form ``info``: the same simulation on two machines, or re-simulated with
+    different timings in ``info``, gets the same fingerprint; any moved vertex changes it."""
+    digest = hashlib.sha256()
+    for array in (seq.vertices, seq.faces, seq.keypoints):
+        if array is None:
+            digest.update(b'none')
+            continue
+        array = np.ascontiguousarray(array, dtype=np.int32 if array is seq.faces else np.float32)
+        digest.update(repr(array.shape).encode())
+        digest.update(array.tobytes())
+    digest.update(json.dumps([seq.garment, seq.motion, seq.keypoint_names]).encode())
+    return digest.hexdigest()[:16]
 
 
 def save_sequence(path: str | Path, seq: Sequence) -> Path:

@@ -9,7 +9,9 @@ reads, so nothing is scored twice and any sweep run earlier, on any machine, can
 
 writes ``ablation.png`` (one line per model against noise and against input points, bars for clean and
 SE(3)) and ``ablation.md`` (the table, also printed), in the protocol chosen by ``--metric``. Sweeps over
-different data or levels are refused unless ``--allow-mismatch``: such numbers are not comparable.
+different data or levels are refused unless ``--allow-mismatch``: such numbers are not comparable. The data is
+known by content (each sweep file lists its sequences' fingerprints), so the same files at another path, on
+another machine, are the same data; sweep files older than the fingerprints are compared by path.
 """
 
 from __future__ import annotations
@@ -50,15 +52,23 @@ def levels(sweep: dict[str, Any]) -> tuple[tuple[float, ...], tuple[int, ...], b
             isinstance(sweep.get('se3'), dict))
 
 
+def same_data(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two sweeps were scored on the same sequences: by content where both carry ``data_fingerprints``
+    (what ``keygrid evaluate --sweep`` writes; copies of the data on other machines match), else by path."""
+    if a.get('data_fingerprints') and b.get('data_fingerprints'):
+        return sorted(a['data_fingerprints']) == sorted(b['data_fingerprints'])
+    return set(a.get('data') or ()) == set(b.get('data') or ())
+
+
 def check_comparable(sweeps: dict[str, dict[str, Any]]) -> None:
     """Raise :class:`SweepFileError` unless every sweep has the same levels and was scored on the same data."""
     first_label, first = next(iter(sweeps.items()))
-    first_levels, first_data = levels(first), set(first.get('data') or ())
+    first_levels = levels(first)
     for label, sweep in sweeps.items():
         if levels(sweep) != first_levels:
             raise SweepFileError(f'{label!r} and {first_label!r} were swept over different levels '
                                  f'({levels(sweep)} against {first_levels})')
-        if set(sweep.get('data') or ()) != first_data:
+        if not same_data(sweep, first):
             raise SweepFileError(f'{label!r} and {first_label!r} were scored on different data')
 
 

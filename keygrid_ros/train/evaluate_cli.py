@@ -172,6 +172,7 @@ def load_detector(args: argparse.Namespace):
 
 def detector_report(args: argparse.Namespace, keypoint_fn, trained_points: int, label: str, say) -> dict:
     """Score a detector on ``args.data`` under the requested perturbation (and the sweep with ``--sweep``)."""
+    from ..data.sequences import fingerprint, load_sequence
     from . import evaluate
 
     # --points below the training count downsamples the usual sample; above it samples more points directly.
@@ -191,9 +192,12 @@ def detector_report(args: argparse.Namespace, keypoint_fn, trained_points: int, 
         prefix = Path(args.sweep_out)
         plot = evaluate.plot_sweep(sweep, prefix.with_name(prefix.name + '.png'), title=Path(label).name)
         sweep_json = prefix.with_name(prefix.name + '.json')
-        # The data travels with the numbers: keygrid compare refuses sweeps scored on different files.
+        # The data travels with the numbers: keygrid compare refuses sweeps scored on different data, known by
+        # its content (the same files elsewhere, another machine's copy, are the same data), by path in old files.
         described = {'model': label, 'keypoints': args.keypoints,
-                     'data': sorted(str(Path(p).resolve()) for p in args.data), **sweep}
+                     'data': sorted(str(Path(p).resolve()) for p in args.data),
+                     'data_fingerprints': sorted(fingerprint(load_sequence(p))
+                                                 for p in evaluate.sorted_sequence_files(args.data)), **sweep}
         sweep_json.write_text(json.dumps(json.loads(evaluate.to_json(described)), indent=1) + '\n')
         report.update(robustness=sweep, plot=str(plot), robustness_json=str(sweep_json))
     return report
