@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU checks and measurements for a machine with CUDA and its own PyTorch but no network (a lent GPU box,
-# a cluster node). Three steps, run from the repository root:
+# a cluster node). Run from the repository root:
 #
 #   tools/gpu_check.sh prepare   # here, with network: .gpu/ gets what the GPU machine lacks (git ignores it)
 #   tools/gpu_check.sh measure   # there: GPU tests, `keygrid bench model`, training throughput -> $OUT
@@ -24,6 +24,8 @@
 # run's training summary) and ablation_logs.tar.gz (the training logs, metrics and evaluation JSONs).
 # EXTRA adds settings to every run (e.g. model.warmup_epochs=0); EVALUATE=0 skips the scoring (a speed probe);
 # RUNS is the run folder (default /tmp/keygrid_ablation, emptied first). test/test_gpu_check.py dry-runs it on a CPU.
+# Sizes seen on an H200 (docs/results.md): 5-6 batch-8 runs at once train 88-105 clouds/s each, so STRIDE=4
+# (28,800 clouds per run) ends in about 6 minutes and STRIDE=1 in about 22: more than one 10-minute device call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 here=$(pwd)
