@@ -34,6 +34,16 @@ kit=${KIT:-$here/.gpu}  # what prepare made: data/train, data/val, pkgs (another
 exclude=$(git rev-parse --git-path info/exclude)
 mkdir -p "$(dirname "$exclude")"
 
+# The GPU machine's own python3 runs this checkout: fpsample built there from the source prepare fetched (when
+# that python lacks it), the package on PYTHONPATH, and `keygrid` as a function.
+use_checkout() {
+  local site=/tmp/keygrid_site
+  python3 -c 'import fpsample' 2>/dev/null || python3 -m pip install --quiet --no-index --no-deps \
+    --no-build-isolation --target "$site" "$kit"/pkgs/fpsample-*.tar.gz
+  export PYTHONPATH="$here:$site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+}
+keygrid() { python3 -m keygrid_ros.cli "$@"; }
+
 case "$what" in
 prepare)
   data=${DATA:-out/dataset_medium}
@@ -66,12 +76,8 @@ measure)
   device=${DEVICE:-cuda}
   out=${OUT:-$here/gpu_out}
   mkdir -p "$out"
-  site=/tmp/keygrid_site
   rm -rf /tmp/keygrid_runs  # a warm machine keeps the last call's runs; these are fresh ones
-  python3 -c 'import fpsample' 2>/dev/null || python3 -m pip install --quiet --no-index --no-deps \
-    --no-build-isolation --target "$site" "$kit"/pkgs/fpsample-*.tar.gz
-  export PYTHONPATH="$here:$site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-  keygrid() { python3 -m keygrid_ros.cli "$@"; }
+  use_checkout
   python3 - > "$out/env.json" <<'EOF'
 import json, torch
 props = torch.cuda.get_device_properties(0) if torch.cuda.is_available() else None
@@ -113,11 +119,7 @@ ablation)
   runs=${RUNS:-/tmp/keygrid_ablation}
   mkdir -p "$out"
   rm -rf "$runs" && mkdir -p "$runs"
-  site=/tmp/keygrid_site
-  python3 -c 'import fpsample' 2>/dev/null || python3 -m pip install --quiet --no-index --no-deps \
-    --no-build-isolation --target "$site" "$kit"/pkgs/fpsample-*.tar.gz
-  export PYTHONPATH="$here:$site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-  keygrid() { python3 -m keygrid_ros.cli "$@"; }
+  use_checkout
   arm_settings() {  # the model switches of one Table 5 arm
     case $1 in
       full) echo '' ;;
@@ -142,7 +144,7 @@ ablation)
   done
   for pid in "${pids[@]}"; do wait "$pid" || echo "a training run failed (exit $?): see its log" >&2; done
   score() {  # score() ARM SEED MODE: one JSON line for the arm's last model in that keypoint mode
-    run=$runs/${1}_s$2
+    local run=$runs/${1}_s$2
     OMP_NUM_THREADS=2 keygrid evaluate --model "$run/model_last.safetensors" --data "$kit"/data/val/*.npz \
       --keypoints "$3" --json --device "$device" > "$run.$3.json" 2> "$run.$3.err" || return 0
     tail -1 "$run.$3.json" | python3 -c "import json, sys; d = json.loads(sys.stdin.read()); \
@@ -165,7 +167,7 @@ print(json.dumps({'arm': '$1', 'seed': $2, 'keypoints': '$3', 'das': round(d['da
   tar -czf "$out/ablation_logs.tar.gz" -C "$runs" --exclude='*.safetensors' --exclude='*.pt' --exclude=tb .
   ;;
 *)
-  sed -n '2,20p' "$0"
+  sed -n '2,/^set -euo/{/^set -euo/d;p}' "$0"  # the header above, however long it grows
   exit 2
   ;;
 esac

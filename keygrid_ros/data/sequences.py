@@ -81,11 +81,11 @@ def fingerprint(seq: Sequence) -> str:
     where it lies or of its free-form ``info``: the same simulation on two machines, or re-simulated with
     different timings in ``info``, gets the same fingerprint; any moved vertex changes it."""
     digest = hashlib.sha256()
-    for array in (seq.vertices, seq.faces, seq.keypoints):
+    for array, dtype in ((seq.vertices, np.float32), (seq.faces, np.int32), (seq.keypoints, np.float32)):
         if array is None:
             digest.update(b'none')
             continue
-        array = np.ascontiguousarray(array, dtype=np.int32 if array is seq.faces else np.float32)
+        array = np.ascontiguousarray(array, dtype=dtype)
         digest.update(repr(array.shape).encode())
         digest.update(array.tobytes())
     digest.update(json.dumps([seq.garment, seq.motion, seq.keypoint_names]).encode())
