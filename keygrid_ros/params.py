@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 import math
 import os
+import re
 from typing import Any
 
 import yaml
@@ -188,6 +189,18 @@ DETECT_PARAMS: tuple[ParamSpec, ...] = (
        'target frame. Points below it on any axis are removed.', length=3),
     _p('crop.max', [0.6, 0.6, 1.5], 'Upper corner (x, y, z) of the workspace box, metres, target '
        'frame. Points above it on any axis are removed.', length=3),
+    # --- the robot cut out of the cloud (a self-filter) ---
+    _p('self_filter.frames', '', 'Robot frames whose surroundings are cut from the cloud after cropping, before '
+       "the table and the garment are looked for, e.g. 'left_gripper right_gripper': TF frame names separated by "
+       'spaces or commas (one string, not a list: an empty list parameter is typed as a byte array by rclpy). A '
+       "gripper holding the garment would otherwise join it. Each frame's origin is looked up in target_frame at "
+       "the cloud's stamp; a cloud whose robot transforms are unavailable is skipped (and counted as a TF error), "
+       'never processed with the robot in it. Empty = off.'),
+    _p('self_filter.radius', 0.06, 'Points within this distance (metres) of a self_filter frame origin are cut: '
+       "the gripper's reach around its frame, plus the sensor noise.", min=0.0, max=1.0),
+    _p('self_filter.chain', False, 'Also cut points within self_filter.radius of the straight segments joining '
+       'consecutive self_filter frames: list an arm\'s link frames in order (shoulder ... wrist, tool) to cut '
+       'the arm as a chain of capsules.'),
     _p('voxel_size', 0.004, 'Voxel grid leaf size in metres applied after cropping (one averaged '
        'point per voxel) to bound the cost of the later stages. 0 disables.', min=0.0, max=0.05),
     # --- table removal ---
@@ -246,6 +259,15 @@ class ParameterError(ValueError):
     """A parameter file or value is invalid; the message lists every problem found."""
 
 
+#: What a TF frame name may hold (ROS names plus the dots and dashes real URDFs use).
+FRAME_NAME = re.compile(r'[A-Za-z0-9_./-]+')
+
+
+def frame_names(text: str) -> list[str]:
+    """``'a, b  c'`` -> ``['a', 'b', 'c']``: the ``self_filter.frames`` string, leading slashes dropped (as tf2)."""
+    return [name.lstrip('/') for name in re.split(r'[\s,]+', text.strip()) if name.lstrip('/')]
+
+
 def defaults() -> dict[str, Any]:
     """The schema's default values, by dotted name (copies, so callers may mutate lists)."""
     return {spec.name: (list(spec.default) if isinstance(spec.default, list) else spec.default)
@@ -290,6 +312,10 @@ def validate(values: Mapping[str, Any], *, allow_unknown: bool = False) -> dict[
         hi = clean.get('crop.max', PARAMS_BY_NAME['crop.max'].default)
         if len(lo) == 3 and len(hi) == 3 and any(a >= b for a, b in zip(lo, hi)):
             problems.append(f'crop.min {lo} must be below crop.max {hi} on every axis')
+    if isinstance(clean.get('self_filter.frames'), str):
+        bad = [f for f in frame_names(clean['self_filter.frames']) if not FRAME_NAME.fullmatch(f)]
+        if bad:
+            problems.append(f'self_filter.frames: {bad} are not TF frame names (letters, digits, _ / . -)')
     if problems:
         raise ParameterError('invalid parameters:\n  ' + '\n  '.join(problems))
     return clean

@@ -23,6 +23,8 @@ ARGUMENTS = (
                        'student). Empty: keep the parameters file value.'),
     ('device', '', "Inference device: auto, cpu, cuda:0 ... Empty: keep the parameters file value."),
     ('target_frame', '', 'Output frame (e.g. base_link). Empty: keep the parameters file value.'),
+    ('robot_frames', '', "Robot frames to cut from the cloud (self_filter.frames), e.g. 'left_tool0 right_tool0'. "
+                         'Empty: keep the parameters file value.'),
     ('use_sim_time', 'false', 'Use /clock (set true when replaying bags with --clock).'),
     ('rviz', 'false', 'Also start RViz with the package\'s display configuration.'),
     ('log_level', 'info', 'Logging level of the detector node.'),
@@ -37,7 +39,7 @@ def _detector(context):
         [FindPackageShare('keygrid_ros'), 'config', 'detect.yaml']).perform(context)
     overrides = {'use_sim_time': arg('use_sim_time').lower() in ('true', '1', 'yes')}
     for launch_name, parameter in (('model', 'model_path'), ('model_type', 'model_type'), ('device', 'device'),
-                                   ('target_frame', 'target_frame')):
+                                   ('target_frame', 'target_frame'), ('robot_frames', 'self_filter.frames')):
         if arg(launch_name):
             overrides[parameter] = arg(launch_name)
     return [Node(

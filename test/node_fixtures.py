@@ -86,16 +86,20 @@ def table_tf_message(stamp_ns: int = 0) -> TFMessage:
     return TFMessage(transforms=[table_transform(stamp_ns)])
 
 
-def garment_distance(points_table: np.ndarray) -> np.ndarray:
-    """Distance (m) from each table-frame point to the nearest garment point of the synthetic scene."""
-    from scipy.spatial import cKDTree
-
+def garment_points_in_table_frame() -> np.ndarray:
+    """The synthetic scene's garment points (P, 3), table frame."""
     scene = synthetic_scene()
     garment = scene.points[scene.garment_mask]
     garment = garment[np.isfinite(garment).all(axis=1)]
     matrix = table_from_camera()
-    garment_table = garment @ matrix[:3, :3].T + matrix[:3, 3]
-    return cKDTree(garment_table).query(points_table)[0]
+    return garment @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+def garment_distance(points_table: np.ndarray) -> np.ndarray:
+    """Distance (m) from each table-frame point to the nearest garment point of the synthetic scene."""
+    from scipy.spatial import cKDTree
+
+    return cKDTree(garment_points_in_table_frame()).query(points_table)[0]
 
 
 def random_keygrid_file(path, num_points: int = 512, seed: int = 0):

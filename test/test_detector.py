@@ -94,8 +94,8 @@ def test_each_frame_hands_its_garment_to_the_next_and_a_reset_forgets_it(points,
     handed = []
     call = type(detector.preprocess).__call__
     monkeypatch.setattr(type(detector.preprocess), '__call__',
-                        lambda self, cloud, transform=None, previous=None: (handed.append(previous),
-                                                                            call(self, cloud, transform, previous))[1])
+                        lambda self, cloud, transform=None, previous=None, robot=None: (
+                            handed.append(previous), call(self, cloud, transform, previous, robot))[1])
     first = detector.preprocess(points, table_from_camera())  # what the detector's first frame will see
     detector(points, table_from_camera())
     detector(points, table_from_camera())

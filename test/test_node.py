@@ -11,15 +11,17 @@ from node_fixtures import (
     TABLE_FRAME,
     StubModel,
     garment_distance,
+    garment_points_in_table_frame,
     random_keygrid_file,
     synthetic_cloud,
     table_tf_message,
+    table_transform,
 )
 import numpy as np
 import pytest
 
 from keygrid_ros.messages import Header, Marker, PointCloud2, PointField, Time
-from keygrid_ros.perception.pointcloud2 import create_cloud_xyz32
+from keygrid_ros.perception.pointcloud2 import create_cloud_xyz32, read_xyz
 from keygrid_ros.ros.node import DetectorNode, LatestSlot, NodeStartupError, ThrottledLog, resolve_model_path
 from keygrid_ros.ros.tf_buffer import TfBuffer
 
@@ -160,6 +162,48 @@ def test_parameters_validated_in_one_callback():
     assert node.set_parameters({'use_sim_time': True}) == (True, '')  # transport's, ignored
     assert node.set_parameters({'crop.max': [3.0, 3.0, 3.0], 'crop.min': [2.0, 2.0, 2.0]})[0]
     assert 'crop box' in node.process(synthetic_cloud(100 * SECOND)).reason
+
+
+def _gripper_at(point, stamp_ns=0):
+    """A TransformStamped table <- gripper with the gripper's origin at ``point`` (table frame)."""
+    transform = table_transform(stamp_ns, child='gripper')
+    transform.transform.translation.x, transform.transform.translation.y, transform.transform.translation.z = (
+        float(v) for v in point)
+    return transform
+
+
+def test_self_filter_cuts_the_robot_frames_surroundings_and_skips_clouds_it_cannot_place(caplog):
+    garment = garment_points_in_table_frame()
+    grip = garment[np.argmax(garment[:, 0])]  # a gripper pinching the garment's edge
+    radius = 0.05
+    node, out = make_node({'publish_cropped_points': True, 'self_filter.frames': 'gripper',
+                           'self_filter.radius': radius, 'cluster.attach_distance': 0.0})
+    # Without the gripper's transform the cloud is skipped, not processed with the robot in it.
+    with caplog.at_level(logging.WARNING):
+        outcome = node.process(synthetic_cloud(100 * SECOND))
+    assert "'gripper'" in outcome.reason and node.stats['tf_errors'] == 1 and not out.on('keypoints')
+    assert any('gripper' in r.getMessage() for r in caplog.records)
+    node.tf.set_transform(_gripper_at(grip), static=True)
+    assert node.process(synthetic_cloud(100 * SECOND)).reason is None  # the node went on
+    (cropped,) = out.on('~/cropped_points')
+    model_points = read_xyz(cropped)
+    assert np.linalg.norm(model_points - grip, axis=1).min() > radius
+    # The same cloud without the self-filter keeps cloth there (so the test can see the cut).
+    plain, plain_out = make_node({'publish_cropped_points': True, 'cluster.attach_distance': 0.0})
+    assert plain.process(synthetic_cloud(100 * SECOND)).reason is None
+    plain_points = read_xyz(plain_out.on('~/cropped_points')[0])
+    assert (np.linalg.norm(plain_points - grip, axis=1) < radius).sum() > 20
+    # Switched off at run time: the cloth comes back.
+    assert node.set_parameters({'self_filter.frames': ''}) == (True, '')
+    node.process(synthetic_cloud(100 * SECOND))
+    assert (np.linalg.norm(read_xyz(out.on('~/cropped_points')[-1]) - grip, axis=1) < radius).sum() > 20
+
+
+def test_self_filter_frames_must_be_frame_names():
+    node, _ = make_node()
+    ok, reason = node.set_parameters({'self_filter.frames': 'left_tool0, right$tool'})
+    assert not ok and 'right$tool' in reason
+    assert node.set_parameters({'self_filter.frames': ' /left_tool0,right_tool0  arm.link-6 '}) == (True, '')
 
 
 def test_latest_slot_keeps_only_the_newest():

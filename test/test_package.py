@@ -89,7 +89,7 @@ def test_launch_file_declares_the_documented_arguments():
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and any(getattr(t, 'id', '') == 'ARGUMENTS' for t in node.targets):
             names = {element.elts[0].value for element in node.value.elts}
-    assert {'namespace', 'points', 'params_file', 'model', 'device', 'rviz'} <= names
+    assert {'namespace', 'points', 'params_file', 'model', 'device', 'robot_frames', 'rviz'} <= names
     assert "executable='detector'" in source and 'generate_launch_description' in source
 
 

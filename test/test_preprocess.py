@@ -13,7 +13,7 @@ import torch
 
 from keygrid_ros.normalize import Normalization, fit_batch
 from keygrid_ros.perception.clustering import ATTACH_MIN_POINTS, attach_pieces, euclidean_clusters
-from keygrid_ros.perception.filters import transform_and_crop, voxel_downsample
+from keygrid_ros.perception.filters import cut_robot, transform_and_crop, voxel_downsample
 from keygrid_ros.perception.plane import fit_plane
 from keygrid_ros.perception.preprocess import PreprocessConfig, Preprocessor
 from keygrid_ros.perception.sampling import fps_order
@@ -287,6 +287,62 @@ def test_pipeline_keeps_garment_a_flap_cuts_off_and_not_a_thing_that_was_never_g
     # A previous frame elsewhere (another garment, a moved camera) brings nothing in.
     elsewhere = Preprocessor(config)(now, np.eye(4), previous=before.garment + [0.0, 0.0, 0.2])
     assert elsewhere.report.points['cluster'] == alone.report.points['cluster']
+
+
+def _capsule_distance(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distance from each point to segment ab, by dense sampling of the segment (a brute-force reference)."""
+    samples = a + np.linspace(0.0, 1.0, 2001)[:, None] * (b - a)
+    return cKDTree(samples).query(points)[0]
+
+
+@pytest.mark.parametrize('chain', [False, True])
+def test_cut_robot_matches_spheres_and_capsules_by_brute_force(rng, chain):
+    points = rng.uniform(-0.5, 0.5, (20000, 3))
+    origins = rng.uniform(-0.3, 0.3, (3, 3))
+    radius = 0.2
+    distance = np.linalg.norm(points[:, None] - origins[None], axis=-1).min(axis=1)
+    if chain:
+        for a, b in itertools.pairwise(origins):
+            distance = np.minimum(distance, _capsule_distance(points, a, b))
+    kept = cut_robot(torch.from_numpy(points), torch.from_numpy(origins), radius, chain, chunk=4096).numpy()
+    expected = points[distance > radius]
+    # Points within the sampling step (0.3 mm) of the boundary may go either way in the reference.
+    assert abs(len(kept) - len(expected)) <= int((np.abs(distance - radius) < 5e-4).sum())
+    assert len(expected) < 0.95 * len(points)  # the robot cut something
+    kept_distance = np.linalg.norm(kept[:, None] - origins[None], axis=-1).min(axis=1)
+    assert kept_distance.min() > radius  # nothing left inside a sphere
+    np.testing.assert_array_equal(kept, points[np.isin(points[:, 0], kept[:, 0])])  # input order kept
+
+
+def test_cut_robot_without_robot_or_radius_is_the_identity(rng):
+    points = torch.from_numpy(rng.uniform(-1, 1, (100, 3)))
+    assert cut_robot(points, torch.zeros((0, 3), dtype=points.dtype), 0.1) is points
+    assert cut_robot(points, torch.zeros((1, 3), dtype=points.dtype), 0.0) is points
+
+
+def test_pipeline_self_filter_keeps_a_gripper_and_its_arm_out_of_the_garment(rng):
+    table = np.column_stack([rng.uniform(-0.5, 0.5, (40000, 2)), rng.normal(0, 0.0005, 40000)])
+    garment = np.column_stack([rng.uniform(-0.2, 0.1, (9000, 2)), np.full(9000, 0.02)])
+    # A gripper pinching the garment's corner at (0.1, 0.1), its arm rising from it to 40 cm: one piece with
+    # the garment (it touches it), so without a self-filter the garment cluster takes the arm too.
+    t = rng.uniform(0.0, 1.0, 3000)
+    wrist, shoulder = np.array([0.1, 0.1, 0.03]), np.array([0.25, 0.25, 0.4])
+    arm = wrist + t[:, None] * (shoulder - wrist) + rng.normal(0, 0.01, (3000, 3))
+    points = np.vstack([table, garment, arm]).astype(np.float32)
+    config = dict(crop_min=(-0.6, -0.6, -0.1), crop_max=(0.6, 0.6, 0.5), voxel_size=0.0, num_points=512,
+                  self_filter_radius=0.05)
+    plain = Preprocessor(PreprocessConfig(**config))(points, np.eye(4))
+    assert plain.ok and plain.garment[:, 2].max() > 0.3  # the arm joined the garment
+    gripper_only = Preprocessor(PreprocessConfig(**config))(points, np.eye(4), robot=wrist[None])
+    assert gripper_only.ok and gripper_only.garment[:, 2].max() > 0.3  # the arm above the gripper still joins
+    chained = Preprocessor(PreprocessConfig(**config, self_filter_chain=True))(
+        points, np.eye(4), robot=np.stack([wrist, shoulder]))
+    assert chained.ok, chained.report.reason
+    assert chained.garment[:, 2].max() < 0.03  # garment only
+    lost = np.linalg.norm(garment - wrist, axis=1) <= 0.05  # the cloth inside the gripper's sphere goes too
+    assert abs(chained.report.points['cluster'] - (len(garment) - lost.sum())) < 60
+    assert chained.report.points['crop'] > chained.report.points['self_filter']
+    assert 'self_filter' in chained.report.ms
 
 
 def test_fps_order_is_farthest_point_order(rng):

@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--device', default='cpu', help="torch device for the torch stages, or 'all' for every "
                         'device present (cpu, and cuda where available)')
     parser.add_argument('--threads', type=int, default=0, help='torch CPU threads (0 = torch default)')
+    parser.add_argument('--robot', type=float, nargs='+', metavar='XYZ',
+                        help='robot frame origins in the target frame (x y z for each): time the self-filter too '
+                        '(self_filter.radius and self_filter.chain from --params)')
 
 
 def synthetic_message() -> tuple[PointCloud2, np.ndarray]:
@@ -55,7 +58,7 @@ def _load_message(args) -> tuple[PointCloud2, np.ndarray | None, str]:
     return load_cloud(args.cloud), transform, args.cloud
 
 
-def _bench_device(message, transform, config, device: str, repeats: int) -> dict:
+def _bench_device(message, transform, config, device: str, repeats: int, robot: np.ndarray | None = None) -> dict:
     preprocess = Preprocessor(config, device=device)
     totals, stages = [], {}
     result = None
@@ -63,7 +66,7 @@ def _bench_device(message, transform, config, device: str, repeats: int) -> dict
         start = time.perf_counter()
         points = read_xyz(message, skip_nans=False, organized=True)
         decoded = time.perf_counter()
-        result = preprocess(points, transform)
+        result = preprocess(points, transform, robot=robot)
         end = time.perf_counter()
         if i < 5:
             continue
@@ -92,7 +95,13 @@ def run(args: argparse.Namespace) -> dict:
     devices = [args.device]
     if args.device == 'all':
         devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
-    results = {device: _bench_device(message, transform, config, device, args.repeats) for device in devices}
+    robot = None
+    if args.robot:
+        if len(args.robot) % 3:
+            raise SystemExit(f'--robot takes x y z per frame: {len(args.robot)} numbers given')
+        robot = np.asarray(args.robot, dtype=np.float64).reshape(-1, 3)
+    results = {device: _bench_device(message, transform, config, device, args.repeats, robot)
+               for device in devices}
     headline = results[devices[0]]
     out = dict(headline)
     out.update({

@@ -211,12 +211,14 @@ class Detector:
         return self._names or ()
 
     @single_threaded_blas  # its numpy/scipy work is on small matrices (keygrid_ros/blas.py)
-    def __call__(self, points: np.ndarray, transform: np.ndarray | None = None) -> Detection:
+    def __call__(self, points: np.ndarray, transform: np.ndarray | None = None,
+                 robot: np.ndarray | None = None) -> Detection:
         """Detect keypoints in ``points`` ((N, 3) or (H, W, 3), NaN = no return) mapped by ``transform``
-        ((4, 4) target <- sensor, or None when already in the target frame)."""
+        ((4, 4) target <- sensor, or None when already in the target frame); ``robot`` (M, 3) are robot frame
+        origins in the target frame whose surroundings are cut first (the node's self-filter), or None."""
         start = time.perf_counter()
         # The last frame's garment lets the front end keep pieces of it one camera now sees apart.
-        pre = self.preprocess(points, transform, self._previous_garment)
+        pre = self.preprocess(points, transform, self._previous_garment, robot)
         self._previous_garment = pre.garment
         ms = dict(pre.report.ms)
         if not pre.ok:

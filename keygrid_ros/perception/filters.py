@@ -1,6 +1,6 @@
 """Per-point filters of the front end, in torch so the same code runs on CPU or GPU.
 
-Both functions take the raw sensor points (NaN where the camera had no return) and never look at a
+The crop and the voxel grid take the raw sensor points (NaN where the camera had no return) and never look at a
 point twice: the frame change, the NaN test and the crop box are one fused mask, and the voxel
 grid is one sort (``torch.unique``) plus one scatter-add.
 """
@@ -8,6 +8,8 @@ grid is one sort (``torch.unique``) plus one scatter-add.
 from __future__ import annotations
 
 import torch
+
+from .. import ops
 
 
 def transform_and_crop(points: torch.Tensor, transform: torch.Tensor | None,
@@ -55,3 +57,41 @@ def voxel_downsample(points: torch.Tensor, voxel_size: float) -> torch.Tensor:
     counts = torch.zeros(count, dtype=points.dtype, device=points.device).index_add_(
         0, inverse, torch.ones_like(points[:, 0]))
     return sums / counts[:, None]
+
+
+def robot_segments(origins: torch.Tensor, chain: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pieces of robot a self-filter cuts around: segment starts and ends ``(S, 3)`` each.
+
+    Every frame origin of ``origins`` (M, 3) is a zero-length segment (a sphere once given a radius); with
+    ``chain`` the M - 1 segments joining consecutive origins follow (capsules: the links of an arm).
+    """
+    starts, ends = [origins], [origins]
+    if chain and origins.shape[0] > 1:
+        starts.append(origins[:-1])
+        ends.append(origins[1:])
+    return torch.cat(starts), torch.cat(ends)
+
+
+def cut_robot(points: torch.Tensor, origins: torch.Tensor, radius: float, chain: bool = False,
+              chunk: int = 65536) -> torch.Tensor:
+    """Drop the points within ``radius`` of the robot (a self-filter: a gripper must not join the garment).
+
+    Args:
+        points: (N, 3) float, target frame.
+        origins: (M, 3) robot frame origins in the same frame; M = 0 returns ``points`` unchanged.
+        radius: metres; <= 0 returns ``points`` unchanged.
+        chain: also cut around the segments joining consecutive origins (see :func:`robot_segments`).
+        chunk: points per distance block, so memory stays at ``chunk x segments`` whatever N is.
+
+    Returns:
+        (K, 3) the points farther than ``radius`` from every sphere (and capsule), in input order.
+    """
+    if radius <= 0 or origins.shape[0] == 0 or points.shape[0] == 0:
+        return points
+    starts, ends = robot_segments(origins.to(points), chain)
+    keep = torch.empty(points.shape[0], dtype=torch.bool, device=points.device)
+    for i in range(0, points.shape[0], chunk):
+        block = points[i:i + chunk]
+        sqdist = ops.point_segment_sqdist(block[None], starts[None], ends[None])[0]  # (n, S)
+        keep[i:i + chunk] = sqdist.amin(dim=1) > radius * radius
+    return points[keep]

@@ -5,6 +5,8 @@ Stages (each optional, configured from the node's parameters, see ``config/detec
 0. ``decimate``: every n-th row and column of an organised cloud (a view, no copy).
 1. ``transform`` + ``crop``: into the target frame (a 4x4 from TF, given by the caller) and an
    axis-aligned workspace box there; NaN points go in the same pass.
+   ``self_filter`` (when the caller passes robot frame origins): points within a radius of each origin, or of
+   the segments joining consecutive ones, are cut, so a gripper holding the garment does not join it.
 2. ``voxel``: one averaged point per voxel, so the later stages cost the same at any camera range.
 3. ``table``: the dominant plane by RANSAC (reported, so the caller can publish it); points on it
    and, optionally, behind it are removed.
@@ -33,7 +35,7 @@ import torch
 from keygrid_ros.normalize import Normalization
 from keygrid_ros.params import defaults as default_params
 from keygrid_ros.perception.clustering import ATTACH_MIN_POINTS, Clusters, attach_pieces, euclidean_clusters
-from keygrid_ros.perception.filters import transform_and_crop, voxel_downsample
+from keygrid_ros.perception.filters import cut_robot, transform_and_crop, voxel_downsample
 from keygrid_ros.perception.plane import Plane, fit_plane
 from keygrid_ros.perception.sampling import fps_order
 
@@ -46,6 +48,8 @@ class PreprocessConfig:
     crop_enabled: bool = True
     crop_min: tuple[float, float, float] = (-0.6, -0.6, -0.2)
     crop_max: tuple[float, float, float] = (0.6, 0.6, 1.5)
+    self_filter_radius: float = 0.06
+    self_filter_chain: bool = False
     voxel_size: float = 0.004
     table_enabled: bool = True
     table_distance_threshold: float = 0.004
@@ -76,6 +80,8 @@ class PreprocessConfig:
             crop_enabled=merged['crop.enabled'],
             crop_min=tuple(merged['crop.min']),
             crop_max=tuple(merged['crop.max']),
+            self_filter_radius=merged['self_filter.radius'],
+            self_filter_chain=merged['self_filter.chain'],
             voxel_size=merged['voxel_size'],
             table_enabled=merged['table.enabled'],
             table_distance_threshold=merged['table.distance_threshold'],
@@ -177,7 +183,7 @@ class Preprocessor:
         self._up = torch.tensor([0.0, 0.0, 1.0], device=self.device)
 
     def __call__(self, points: np.ndarray, transform: np.ndarray | None = None,
-                 previous: np.ndarray | None = None) -> PreprocessResult:
+                 previous: np.ndarray | None = None, robot: np.ndarray | None = None) -> PreprocessResult:
         """Run every enabled stage.
 
         Args:
@@ -189,6 +195,8 @@ class Preprocessor:
             previous: (P, 3) the garment points of the stream's previous frame (its result's ``garment``),
                 or None: pieces of the cloud that were garment then may join the garment now
                 (``cluster.attach_distance``).
+            robot: (M, 3) origins of the robot frames to cut out (``self_filter.frames``), in the target
+                frame, or None: no self-filter.
         """
         cfg = self.config
         report = PreprocessReport()
@@ -211,8 +219,14 @@ class Preprocessor:
                                      self._box_max if cfg.crop_enabled else None)
         report.points['crop'] = int(cropped.shape[0])
         watch.lap('crop')
+        if robot is not None and len(robot):
+            origins = torch.as_tensor(np.asarray(robot, dtype=np.float32).reshape(-1, 3), device=self.device)
+            cropped = cut_robot(cropped, origins, cfg.self_filter_radius, cfg.self_filter_chain)
+            report.points['self_filter'] = int(cropped.shape[0])
+            watch.lap('self_filter')
         if cropped.shape[0] < cfg.min_points:
-            return self._give_up(report, f'only {cropped.shape[0]} valid points inside the crop box '
+            where = 'inside the crop box' + (' away from the robot' if 'self_filter' in report.points else '')
+            return self._give_up(report, f'only {cropped.shape[0]} valid points {where} '
                                          f'(need {cfg.min_points}); is the garment in the workspace?')
 
         voxels = voxel_downsample(cropped, cfg.voxel_size)

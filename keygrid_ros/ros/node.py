@@ -450,11 +450,18 @@ class DetectorNode:
                 return self._fail(out_header, 'tf', f"no transform from '{source_frame}' to '{target_frame}': "
                                   f'{type(exc).__name__}: {exc}', 'tf_errors')
 
+        robot = None
+        robot_frames = schema.frame_names(self.values['self_filter.frames'])
+        if robot_frames:
+            robot, reason = self._robot_origins(robot_frames, target_frame, stamp)
+            if reason:
+                return self._fail(out_header, 'tf', reason, 'tf_errors')
+
         last, self._last_cloud_stamp = self._last_cloud_stamp, stamp
         if (self.detector.tracker is not None and last is not None
                 and not 0 <= stamp - last <= self.values['tracking.max_gap_s'] * 1e9):
             self.detector.reset()  # the stream jumped (a gap, a bag looping): the tracks start again
-        detection = self.detector(points, transform)
+        detection = self.detector(points, transform, robot)
         if not detection.ok:
             reason = detection.reason
             if detection.stage_points.get('crop', 1) == 0 and not np.isfinite(points).all(axis=-1).any():
@@ -475,6 +482,30 @@ class DetectorNode:
         self._done_times.append(self.clock())
         self._maybe_diagnostics(self.clock(), out_header)
         return FrameOutcome(stamp, detection, None, published)
+
+    def _robot_origins(self, frames: list[str], target_frame: str, stamp: int) -> tuple[np.ndarray | None, str]:
+        """The origins (M, 3) of the ``self_filter.frames`` in ``target_frame`` at ``stamp``, or (None, why not).
+
+        A cloud whose robot cannot be placed is skipped rather than processed with the robot in it: a gripper
+        that joins the garment puts keypoints on the gripper, worse for a grasp planner than no keypoints.
+        """
+        if self.tf is None:
+            return None, (f"self_filter.frames is set but this transport has no TF: cannot place "
+                          f"{', '.join(frames)} in '{target_frame}'")
+        if not target_frame:
+            return None, 'self_filter.frames is set but the cloud has an empty frame_id and no target_frame is set'
+        origins = np.empty((len(frames), 3))
+        for i, frame in enumerate(frames):
+            if frame == target_frame:
+                origins[i] = 0.0
+                continue
+            try:
+                origins[i] = np.asarray(self.tf.lookup(target_frame, frame, stamp, self.values['tf_timeout_s'])
+                                        )[:3, 3]
+            except Exception as exc:  # TransformUnavailableError, or tf2's own family through the rclpy adapter
+                return None, (f"self-filter: no transform from robot frame '{frame}' to '{target_frame}': "
+                              f'{type(exc).__name__}: {exc}')
+        return origins, ''
 
     def _publish_detection(self, header, detection: Detection) -> tuple[str, ...]:
         published = []
