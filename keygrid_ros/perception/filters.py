@@ -88,10 +88,15 @@ def cut_robot(points: torch.Tensor, origins: torch.Tensor, radius: float, chain:
     """
     if radius <= 0 or origins.shape[0] == 0 or points.shape[0] == 0:
         return points
-    starts, ends = robot_segments(origins.to(points), chain)
-    keep = torch.empty(points.shape[0], dtype=torch.bool, device=points.device)
-    for i in range(0, points.shape[0], chunk):
-        block = points[i:i + chunk]
-        sqdist = ops.point_segment_sqdist(block[None], starts[None], ends[None])[0]  # (n, S)
-        keep[i:i + chunk] = sqdist.amin(dim=1) > radius * radius
+    origins = origins.to(points)
+    starts, ends = robot_segments(origins, chain)
+    # Only points inside the robot's bounding box grown by the radius can be cut: a gripper over the garment
+    # leaves most of the cloud (the table) to one cheap comparison instead of a distance to every segment.
+    near = ((points >= origins.amin(dim=0) - radius) & (points <= origins.amax(dim=0) + radius)).all(dim=1)
+    candidates = near.nonzero().squeeze(1)
+    keep = torch.ones(points.shape[0], dtype=torch.bool, device=points.device)
+    for i in range(0, candidates.shape[0], chunk):
+        index = candidates[i:i + chunk]
+        sqdist = ops.point_segment_sqdist(points[index][None], starts[None], ends[None])[0]  # (n, S)
+        keep[index] = sqdist.amin(dim=1) > radius * radius
     return points[keep]
