@@ -62,14 +62,13 @@ def voxel_downsample(points: torch.Tensor, voxel_size: float) -> torch.Tensor:
 def robot_segments(origins: torch.Tensor, chain: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The pieces of robot a self-filter cuts around: segment starts and ends ``(S, 3)`` each.
 
-    Every frame origin of ``origins`` (M, 3) is a zero-length segment (a sphere once given a radius); with
-    ``chain`` the M - 1 segments joining consecutive origins follow (capsules: the links of an arm).
+    Without ``chain`` every frame origin of ``origins`` (M, 3) is a zero-length segment (a sphere once given a
+    radius); with it, the M - 1 segments joining consecutive origins (capsules: the links of an arm), whose
+    round ends already hold those spheres.
     """
-    starts, ends = [origins], [origins]
     if chain and origins.shape[0] > 1:
-        starts.append(origins[:-1])
-        ends.append(origins[1:])
-    return torch.cat(starts), torch.cat(ends)
+        return origins[:-1], origins[1:]
+    return origins, origins
 
 
 def cut_robot(points: torch.Tensor, origins: torch.Tensor, radius: float, chain: bool = False,
